@@ -1,0 +1,232 @@
+//! Piece arithmetic.
+//!
+//! A task is cut into pieces of one power-of-two length (the last piece may
+//! be shorter). Pieces are the unit of transfer, verification and
+//! bookkeeping: a piece is either present and verified, or absent.
+
+use std::ops::Range;
+
+/// The smallest piece length: small enough that a random 4 KiB read costs
+/// little, large enough that per-piece overhead vanishes at GB/s.
+pub const MIN_PIECE_LENGTH: u64 = 1 << 20;
+/// The largest piece length, reached only by tasks over 128 GiB.
+pub const MAX_PIECE_LENGTH: u64 = 64 << 20;
+/// Piece lengths grow so that no task has more than this many pieces, which
+/// keeps digest lists and bitmaps small.
+pub const TARGET_MAX_PIECES: u64 = 8192;
+
+/// The piece length used for a task of `content_length` bytes.
+pub fn piece_length_for(content_length: u64) -> u64 {
+    let wanted = content_length
+        .div_ceil(TARGET_MAX_PIECES)
+        .next_power_of_two();
+    wanted.clamp(MIN_PIECE_LENGTH, MAX_PIECE_LENGTH)
+}
+
+/// The layout of one task's pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub content_length: u64,
+    pub piece_length: u64,
+}
+
+/// Why a layout from the network was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid piece length {0}: must be a power of two between 1 MiB and 64 MiB")]
+pub struct BadPieceLength(pub u64);
+
+impl Layout {
+    /// A layout checked for sanity, since it may come from the network.
+    pub fn new(content_length: u64, piece_length: u64) -> Result<Self, BadPieceLength> {
+        let valid = piece_length.is_power_of_two()
+            && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(&piece_length);
+        if !valid {
+            return Err(BadPieceLength(piece_length));
+        }
+        Ok(Layout {
+            content_length,
+            piece_length,
+        })
+    }
+
+    /// The layout dffs picks for a new task.
+    pub fn for_length(content_length: u64) -> Self {
+        Layout {
+            content_length,
+            piece_length: piece_length_for(content_length),
+        }
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        self.content_length.div_ceil(self.piece_length) as u32
+    }
+
+    /// The byte range of piece `number` within the task.
+    pub fn piece_range(&self, number: u32) -> Range<u64> {
+        let start = u64::from(number) * self.piece_length;
+        let end = (start + self.piece_length).min(self.content_length);
+        start..end.max(start)
+    }
+
+    pub fn piece_len(&self, number: u32) -> u64 {
+        let r = self.piece_range(number);
+        r.end - r.start
+    }
+
+    /// The pieces that cover `length` bytes from `offset`, clipped to the
+    /// end of the task. Empty when the range starts at or past the end.
+    pub fn pieces_covering(&self, offset: u64, length: u64) -> Range<u32> {
+        let end = offset.saturating_add(length).min(self.content_length);
+        if offset >= end {
+            return 0..0;
+        }
+        let first = offset / self.piece_length;
+        let last = (end - 1) / self.piece_length;
+        first as u32..(last + 1) as u32
+    }
+}
+
+/// One bit per piece, LSB-first within each byte, as on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Bitmap {
+    bits: Vec<u8>,
+    len: u32,
+    ones: u32,
+}
+
+impl Bitmap {
+    pub fn new(len: u32) -> Self {
+        Bitmap {
+            bits: vec![0; (len as usize).div_ceil(8)],
+            len,
+            ones: 0,
+        }
+    }
+
+    /// A bitmap of `len` bits from wire bytes; bits past `len` are ignored
+    /// and missing bytes read as zero, so a short or long peer message
+    /// cannot cause a panic.
+    pub fn from_bytes(len: u32, bytes: &[u8]) -> Self {
+        let mut map = Bitmap::new(len);
+        for i in 0..len {
+            let byte = bytes.get((i / 8) as usize).copied().unwrap_or(0);
+            if byte & (1 << (i % 8)) != 0 {
+                map.set(i);
+            }
+        }
+        map
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, i: u32) -> bool {
+        i < self.len && self.bits[(i / 8) as usize] & (1 << (i % 8)) != 0
+    }
+
+    /// Sets bit `i`; returns true when it was not set before.
+    pub fn set(&mut self, i: u32) -> bool {
+        if i >= self.len || self.get(i) {
+            return false;
+        }
+        self.bits[(i / 8) as usize] |= 1 << (i % 8);
+        self.ones += 1;
+        true
+    }
+
+    pub fn clear(&mut self, i: u32) {
+        if self.get(i) {
+            self.bits[(i / 8) as usize] &= !(1 << (i % 8));
+            self.ones -= 1;
+        }
+    }
+
+    pub fn count_ones(&self) -> u32 {
+        self.ones
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+
+    pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+
+    pub fn iter_zeros(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| !self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_length_grows_with_size_and_stays_a_power_of_two() {
+        assert_eq!(piece_length_for(0), MIN_PIECE_LENGTH);
+        assert_eq!(piece_length_for(1024), MIN_PIECE_LENGTH);
+        assert_eq!(piece_length_for(8 << 30), MIN_PIECE_LENGTH);
+        assert_eq!(piece_length_for((8 << 30) + 1), 2 << 20);
+        assert_eq!(piece_length_for(u64::MAX / 2), MAX_PIECE_LENGTH);
+    }
+
+    #[test]
+    fn layout_covers_every_byte_exactly_once() {
+        let layout = Layout::new(5 * MIN_PIECE_LENGTH + 7, MIN_PIECE_LENGTH).unwrap();
+        assert_eq!(layout.piece_count(), 6);
+        let total: u64 = (0..6).map(|i| layout.piece_len(i)).sum();
+        assert_eq!(total, layout.content_length);
+        assert_eq!(layout.piece_len(5), 7);
+    }
+
+    #[test]
+    fn covering_pieces_clip_at_the_end() {
+        let layout = Layout::new(3 * MIN_PIECE_LENGTH, MIN_PIECE_LENGTH).unwrap();
+        assert_eq!(layout.pieces_covering(0, 1), 0..1);
+        assert_eq!(layout.pieces_covering(MIN_PIECE_LENGTH - 1, 2), 0..2);
+        assert_eq!(layout.pieces_covering(0, u64::MAX), 0..3);
+        assert_eq!(layout.pieces_covering(3 * MIN_PIECE_LENGTH, 10), 0..0);
+        assert_eq!(layout.pieces_covering(5, 0), 0..0);
+    }
+
+    #[test]
+    fn empty_task_has_no_pieces() {
+        let layout = Layout::for_length(0);
+        assert_eq!(layout.piece_count(), 0);
+        assert_eq!(layout.pieces_covering(0, 10), 0..0);
+    }
+
+    #[test]
+    fn bad_piece_lengths_are_refused() {
+        assert!(Layout::new(10, 0).is_err());
+        assert!(Layout::new(10, 3 << 20).is_err());
+        assert!(Layout::new(10, 1 << 30).is_err());
+    }
+
+    #[test]
+    fn bitmap_round_trips_and_tolerates_bad_wire_bytes() {
+        let mut map = Bitmap::new(11);
+        assert!(map.set(0));
+        assert!(map.set(10));
+        assert!(!map.set(10));
+        assert!(!map.set(99));
+        assert_eq!(map.count_ones(), 2);
+        let copy = Bitmap::from_bytes(11, map.as_bytes());
+        assert_eq!(copy, map);
+        let short = Bitmap::from_bytes(11, &[0xff]);
+        assert_eq!(short.count_ones(), 8);
+        let long = Bitmap::from_bytes(3, &[0xff, 0xff, 0xff]);
+        assert!(long.is_full());
+        assert_eq!(long.iter_zeros().count(), 0);
+    }
+}

@@ -1,0 +1,218 @@
+//! The Scheduler gRPC service: checks and converts requests, then applies
+//! them to the shared [`Cluster`].
+
+use crate::state::{Cluster, RegisterRequest, Registration, Resolution};
+use api::proto::scheduler_server::Scheduler;
+use api::proto::*;
+use api::task::TaskId;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// How long RegisterPeer waits for another host to resolve a task.
+const RESOLVE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct SchedulerService {
+    cluster: Arc<Mutex<Cluster>>,
+}
+
+impl SchedulerService {
+    pub fn new(cluster: Arc<Mutex<Cluster>>) -> Self {
+        SchedulerService { cluster }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cluster> {
+        // A panic while holding the lock would be a bug; keep serving
+        // rather than poisoning every later call.
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn parse_task_id(text: &str) -> Result<TaskId, Status> {
+    text.parse()
+        .map_err(|e: api::task::TaskError| Status::invalid_argument(e.to_string()))
+}
+
+/// The task-id a RegisterPeer names: derived from the source when there is
+/// one (and then it must agree with any task-id given), else the one given.
+fn register_task_id(req: &RegisterPeerRequest) -> Result<TaskId, Status> {
+    let Some(source) = &req.source else {
+        return parse_task_id(&req.task_id);
+    };
+    let derived = TaskId::from_source(&source.url, &source.tag, &source.application)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if !req.task_id.is_empty() && parse_task_id(&req.task_id)? != derived {
+        return Err(Status::invalid_argument(
+            "task_id does not match the source",
+        ));
+    }
+    Ok(derived)
+}
+
+/// An origin failure, reported by the resolver, as the status every
+/// waiting peer receives.
+pub fn origin_status(error: &OriginError) -> Status {
+    let code = match error.http_status {
+        404 | 410 => tonic::Code::NotFound,
+        401 | 403 => tonic::Code::PermissionDenied,
+        0 | 500..=599 => tonic::Code::Unavailable,
+        _ => tonic::Code::FailedPrecondition,
+    };
+    Status::new(code, error.message.clone())
+}
+
+type CommandStream = Pin<Box<dyn Stream<Item = Result<SeedCommand, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn announce_host(
+        &self,
+        request: Request<AnnounceHostRequest>,
+    ) -> Result<Response<AnnounceHostResponse>, Status> {
+        let host = request
+            .into_inner()
+            .host
+            .ok_or_else(|| Status::invalid_argument("host is required"))?;
+        if host.host_id.is_empty() || host.upload_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "host_id and upload_addr are required",
+            ));
+        }
+        let mut cluster = self.lock();
+        let resync = cluster.announce_host(host, Instant::now());
+        Ok(Response::new(AnnounceHostResponse {
+            resync,
+            keepalive_seconds: cluster.settings.keepalive.as_secs() as u32,
+        }))
+    }
+
+    async fn leave_host(
+        &self,
+        request: Request<LeaveHostRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.lock()
+            .remove_host(&request.into_inner().host_id, Instant::now());
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn register_peer(
+        &self,
+        request: Request<RegisterPeerRequest>,
+    ) -> Result<Response<RegisterPeerResponse>, Status> {
+        metrics::counter!("scheduler_register_peer_total").increment(1);
+        let req = request.into_inner();
+        let task_id = register_task_id(&req)?;
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        loop {
+            let outcome = self.lock().register_peer(
+                RegisterRequest {
+                    host_id: &req.host_id,
+                    task_id,
+                    source: req.source.clone(),
+                    want_whole: req.want_whole,
+                    bitmap: (!req.bitmap.is_empty()).then_some(req.bitmap.as_slice()),
+                    meta: req.meta.clone(),
+                },
+                Instant::now(),
+            )?;
+            let mut waiting = match outcome {
+                Registration::Done(response) => return Ok(Response::new(response)),
+                Registration::Wait(receiver) => receiver,
+            };
+            // Wake at least every few seconds to notice a resolver that died.
+            let wake = (tokio::time::Instant::now() + Duration::from_secs(3)).min(deadline);
+            let _ = tokio::time::timeout_at(wake, waiting.changed()).await;
+            if let Resolution::Failed(error) = &*waiting.borrow() {
+                return Err(origin_status(error));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "task {task_id}: nobody resolved the metadata within {}s",
+                    RESOLVE_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+
+    async fn stat_task(
+        &self,
+        request: Request<StatTaskRequest>,
+    ) -> Result<Response<StatTaskResponse>, Status> {
+        let task_id = parse_task_id(&request.into_inner().task_id)?;
+        let meta = self.lock().stat_task(&task_id)?;
+        Ok(Response::new(StatTaskResponse { meta: Some(meta) }))
+    }
+
+    async fn get_parents(
+        &self,
+        request: Request<GetParentsRequest>,
+    ) -> Result<Response<GetParentsResponse>, Status> {
+        metrics::counter!("scheduler_get_parents_total").increment(1);
+        let req = request.into_inner();
+        let task_id = parse_task_id(&req.task_id)?;
+        let response =
+            self.lock()
+                .get_parents(&req.host_id, task_id, &req.want_digests, Instant::now())?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_pieces(
+        &self,
+        request: Request<ReportPiecesRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let task_id = parse_task_id(&req.task_id)?;
+        metrics::counter!("scheduler_pieces_reported_total").increment(req.pieces.len() as u64);
+        self.lock().report_pieces(&req, task_id, Instant::now())?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn report_task_meta(
+        &self,
+        request: Request<ReportTaskMetaRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let task_id = parse_task_id(&req.task_id)?;
+        let result = match req.result {
+            Some(report_task_meta_request::Result::Meta(meta)) => Ok(meta),
+            Some(report_task_meta_request::Result::Error(error)) => Err(error),
+            None => return Err(Status::invalid_argument("a result is required")),
+        };
+        self.lock()
+            .report_task_meta(&req.host_id, task_id, result)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn leave_task(
+        &self,
+        request: Request<LeaveTaskRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        let task_id = parse_task_id(&req.task_id)?;
+        self.lock()
+            .leave_task(&req.host_id, task_id, Instant::now());
+        Ok(Response::new(Empty {}))
+    }
+
+    type SeedSessionStream = CommandStream;
+
+    async fn seed_session(
+        &self,
+        request: Request<SeedSessionRequest>,
+    ) -> Result<Response<Self::SeedSessionStream>, Status> {
+        let host = request
+            .into_inner()
+            .host
+            .ok_or_else(|| Status::invalid_argument("host is required"))?;
+        let (tx, rx) = mpsc::channel(1024);
+        tracing::info!(seed = %host.host_id, "seed connected");
+        self.lock().attach_seed(host, tx, Instant::now());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,240 @@
+use super::*;
+use api::proto::{BadParent, ReportPiecesRequest};
+
+const MIB: u64 = 1 << 20;
+
+fn host(id: &str) -> HostInfo {
+    HostInfo {
+        host_id: id.into(),
+        hostname: id.into(),
+        upload_addr: format!("{id}:1"),
+        ..Default::default()
+    }
+}
+
+fn source(url: &str) -> TaskSource {
+    TaskSource {
+        url: url.into(),
+        ..Default::default()
+    }
+}
+
+fn meta_for(url: &str, length: u64) -> (TaskId, TaskMeta) {
+    let id = TaskId::from_source(url, "", "").unwrap();
+    let meta = TaskMeta {
+        task_id: id.to_string(),
+        source: Some(source(url)),
+        content_length: length,
+        piece_length: MIB,
+        ..Default::default()
+    };
+    (id, meta)
+}
+
+fn cluster_with(hosts: &[&str]) -> Cluster {
+    let mut c = Cluster::new(Settings::default());
+    for h in hosts {
+        c.announce_host(host(h), Instant::now());
+    }
+    c
+}
+
+fn register(c: &mut Cluster, host: &str, url: &str) -> Registration {
+    let (id, _) = meta_for(url, 0);
+    c.register_peer(
+        RegisterRequest {
+            host_id: host,
+            task_id: id,
+            source: Some(source(url)),
+            want_whole: true,
+            bitmap: None,
+            meta: None,
+        },
+        Instant::now(),
+    )
+    .unwrap()
+}
+
+fn done(r: Registration) -> RegisterPeerResponse {
+    match r {
+        Registration::Done(resp) => resp,
+        Registration::Wait(_) => panic!("expected a response, got a wait"),
+    }
+}
+
+fn report(
+    c: &mut Cluster,
+    host: &str,
+    id: TaskId,
+    pieces: &[u32],
+    digests: &[u32],
+) -> Result<(), Status> {
+    let req = ReportPiecesRequest {
+        host_id: host.into(),
+        task_id: id.to_string(),
+        pieces: pieces.to_vec(),
+        digests: digests
+            .iter()
+            .map(|&n| PieceDigest {
+                number: n,
+                blake3: vec![n as u8; 32],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    c.report_pieces(&req, id, Instant::now())
+}
+
+#[test]
+fn without_a_seed_the_first_peer_resolves_and_others_wait() {
+    let url = "http://origin/file";
+    let (id, meta) = meta_for(url, 4 * MIB);
+    let mut c = cluster_with(&["a", "b"]);
+    let first = done(register(&mut c, "a", url));
+    assert!(first.must_resolve && first.is_root);
+    let Registration::Wait(mut rx) = register(&mut c, "b", url) else {
+        panic!("second peer should wait for the resolver");
+    };
+    c.report_task_meta("a", id, Ok(meta.clone())).unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), Resolution::Ready(meta.clone()));
+    let second = done(register(&mut c, "b", url));
+    assert_eq!(second.meta, Some(meta));
+    assert!(!second.is_root && !second.must_resolve);
+}
+
+#[test]
+fn a_connected_seed_resolves_and_roots_new_tasks() {
+    let url = "http://origin/seeded";
+    let (id, meta) = meta_for(url, 2 * MIB);
+    let mut c = cluster_with(&["a"]);
+    let (tx, mut rx) = mpsc::channel(8);
+    c.attach_seed(
+        HostInfo {
+            is_seed: true,
+            ..host("seed")
+        },
+        tx,
+        Instant::now(),
+    );
+    assert!(matches!(register(&mut c, "a", url), Registration::Wait(_)));
+    let command = rx.try_recv().unwrap().unwrap();
+    assert_eq!(command.task_id, id.to_string());
+    assert!(command.meta.is_none() && command.whole);
+    c.report_task_meta("seed", id, Ok(meta)).unwrap();
+    let resp = done(register(&mut c, "a", url));
+    assert!(!resp.is_root);
+    let parents = c.get_parents("a", id, &[], Instant::now()).unwrap();
+    assert_eq!(parents.parents.len(), 1);
+    assert!(parents.parents[0].is_root);
+    assert_eq!(parents.parents[0].host_id, "seed");
+}
+
+#[test]
+fn an_origin_failure_reaches_waiters_and_forgets_the_task() {
+    let url = "http://origin/missing";
+    let (id, _) = meta_for(url, 0);
+    let mut c = cluster_with(&["a", "b"]);
+    done(register(&mut c, "a", url));
+    let Registration::Wait(rx) = register(&mut c, "b", url) else {
+        panic!("expected a wait");
+    };
+    let error = OriginError {
+        http_status: 404,
+        message: "origin returned 404".into(),
+    };
+    c.report_task_meta("a", id, Err(error.clone())).unwrap();
+    assert_eq!(*rx.borrow(), Resolution::Failed(error));
+    assert!(c.stat_task(&id).is_err());
+}
+
+#[test]
+fn metadata_for_another_task_is_refused() {
+    let (id, _) = meta_for("http://origin/x", 0);
+    let (_, other) = meta_for("http://origin/y", MIB);
+    let mut c = cluster_with(&["a"]);
+    done(register(&mut c, "a", "http://origin/x"));
+    let err = c.report_task_meta("a", id, Ok(other)).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn parents_hold_useful_pieces_and_isolated_hosts_are_left_out() {
+    let url = "http://origin/f";
+    let (id, meta) = meta_for(url, 4 * MIB);
+    let mut c = cluster_with(&["root", "full", "empty", "bad", "child"]);
+    done(register(&mut c, "root", url));
+    c.report_task_meta("root", id, Ok(meta)).unwrap();
+    for h in ["full", "empty", "bad", "child"] {
+        done(register(&mut c, h, url));
+    }
+    report(&mut c, "root", id, &[0, 1, 2, 3], &[0, 1, 2, 3]).unwrap();
+    report(&mut c, "full", id, &[0, 1, 2, 3], &[]).unwrap();
+    report(&mut c, "bad", id, &[0, 1, 2, 3], &[]).unwrap();
+    let bad = ReportPiecesRequest {
+        host_id: "child".into(),
+        task_id: id.to_string(),
+        bad_parents: vec![BadParent {
+            host_id: "bad".into(),
+            piece: 0,
+            corrupt: true,
+        }],
+        ..Default::default()
+    };
+    c.report_pieces(&bad, id, Instant::now()).unwrap();
+    let resp = c
+        .get_parents("child", id, &[0, 3, 9], Instant::now())
+        .unwrap();
+    let names: Vec<&str> = resp.parents.iter().map(|p| p.host_id.as_str()).collect();
+    assert_eq!(
+        names,
+        ["full", "root"],
+        "root is last, the empty and the isolated host are left out"
+    );
+    assert_eq!(
+        resp.digests.iter().map(|d| d.number).collect::<Vec<_>>(),
+        [0, 3]
+    );
+}
+
+#[test]
+fn only_the_root_may_report_digests() {
+    let url = "http://origin/d";
+    let (id, meta) = meta_for(url, 2 * MIB);
+    let mut c = cluster_with(&["root", "other"]);
+    done(register(&mut c, "root", url));
+    c.report_task_meta("root", id, Ok(meta)).unwrap();
+    done(register(&mut c, "other", url));
+    let err = report(&mut c, "other", id, &[0], &[0]).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    report(&mut c, "root", id, &[0], &[0]).unwrap();
+}
+
+#[test]
+fn a_silent_root_is_replaced_by_the_next_asker() {
+    let url = "http://origin/r";
+    let (id, meta) = meta_for(url, MIB);
+    let mut c = cluster_with(&["root", "child"]);
+    done(register(&mut c, "root", url));
+    c.report_task_meta("root", id, Ok(meta)).unwrap();
+    done(register(&mut c, "child", url));
+    let later = Instant::now() + Duration::from_secs(60);
+    c.hosts.get_mut("child").unwrap().last_seen = later;
+    c.expire(later);
+    assert!(!c.hosts.contains_key("root"));
+    let resp = c.get_parents("child", id, &[], later).unwrap();
+    assert!(
+        resp.is_root,
+        "with no seed and the root gone, the child becomes root"
+    );
+}
+
+#[test]
+fn unknown_hosts_and_tasks_get_clear_errors() {
+    let mut c = cluster_with(&["a"]);
+    let (id, _) = meta_for("http://origin/none", 0);
+    let err = c.get_parents("ghost", id, &[], Instant::now()).unwrap_err();
+    assert!(err.message().contains("ghost"));
+    let err = c.get_parents("a", id, &[], Instant::now()).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
