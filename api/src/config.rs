@@ -40,7 +40,13 @@ pub enum ConfigError {
 /// Parses the process's command line into `T`, applying `--config FILE`
 /// first. On error, prints it and exits as clap does (status 2).
 pub fn parse_args<T: Parser>() -> T {
-    match parse_from(std::env::args_os()) {
+    parse_args_with(|c| c)
+}
+
+/// Like [`parse_args`], letting the caller adjust the command first, e.g.
+/// so that `seed` can reuse peerd's flags with its own defaults.
+pub fn parse_args_with<T: Parser>(adjust: impl FnOnce(clap::Command) -> clap::Command) -> T {
+    match parse_with(std::env::args_os(), adjust) {
         Ok(args) => args,
         Err(ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
@@ -56,8 +62,19 @@ where
     I: IntoIterator,
     I::Item: Into<OsString>,
 {
+    parse_with(argv, |c| c)
+}
+
+fn parse_with<T: Parser, I>(
+    argv: I,
+    adjust: impl FnOnce(clap::Command) -> clap::Command,
+) -> Result<T, ConfigError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-    let command = T::command().args_override_self(true);
+    let command = adjust(T::command()).args_override_self(true);
     let mut full = argv.iter().take(1).cloned().collect::<Vec<_>>();
     if let Some(path) = find_config_flag(&argv[1.min(argv.len())..]) {
         full.extend(config_as_flags(&command, &path, &argv[1..])?);

@@ -1,0 +1,104 @@
+//! peerd's (and the seed's) flags. Every flag is also a `--config` key.
+
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "peerd",
+    version,
+    about = "dffs peer daemon: piece cache, P2P downloads and uploads"
+)]
+pub struct PeerdArgs {
+    /// TOML file whose keys are these flags' long names.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Scheduler addresses, HOST:PORT, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8002")]
+    pub scheduler: Vec<String>,
+    /// Where the piece cache lives.
+    #[arg(long, default_value = "/var/lib/dffs/peerd")]
+    pub data_dir: PathBuf,
+    /// Unix socket of the local API (dfget, dffs).
+    #[arg(long, default_value = "/run/dffs/peerd.sock")]
+    pub socket: PathBuf,
+    /// Where other peers fetch pieces from this host. Port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:65002")]
+    pub upload_addr: SocketAddr,
+    /// IP other peers should use to reach this host; by default the
+    /// address this host uses to reach the scheduler.
+    #[arg(long)]
+    pub advertise_ip: Option<IpAddr>,
+    /// Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, default_value = "127.0.0.1:65003")]
+    pub metrics_addr: SocketAddr,
+    /// Host-wide download limit in bytes per second (K, M, G suffixes; 0 = none).
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub download_rate_limit: u64,
+    /// Host-wide upload limit in bytes per second (K, M, G suffixes; 0 = none).
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub upload_rate_limit: u64,
+    /// Piece downloads in flight at once on this host.
+    #[arg(long, default_value_t = 16)]
+    pub download_slots: usize,
+    /// Piece requests in flight to one parent at once.
+    #[arg(long, default_value_t = 4)]
+    pub requests_per_parent: u32,
+    /// Ranged GETs in flight to the origin per task.
+    #[arg(long, default_value_t = 4)]
+    pub origin_requests_per_task: usize,
+    /// Piece uploads served at once; more requests are told to go elsewhere.
+    #[arg(long, default_value_t = 64)]
+    pub max_uploads: u32,
+    /// Seconds allowed for connecting to a parent or the origin.
+    #[arg(long, default_value_t = 5)]
+    pub connect_timeout_seconds: u64,
+    /// Run as a seed: the root of new tasks, fetching from the origin.
+    #[arg(long)]
+    pub seed: bool,
+    /// Log filter when RUST_LOG is unset.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parses a byte rate such as `0`, `1048576`, `100M`, `1.5G` or `512KiB`
+/// (powers of 1024).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a byte rate such as 100M or 1G"))?;
+    let scale: u64 = match unit
+        .trim()
+        .trim_end_matches("/s")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{text}'; use K, M or G")),
+    };
+    Ok((number * scale as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_units() {
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("100M"), Ok(100 << 20));
+        assert_eq!(parse_rate("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_rate("1.5G"), Ok(3 << 29));
+        assert!(parse_rate("fast").unwrap_err().contains("'fast'"));
+        assert!(parse_rate("10X").unwrap_err().contains("'x'"));
+    }
+}

@@ -1,0 +1,237 @@
+//! dfget: download a URL through the cluster into a file.
+//!
+//! The bytes are fetched by the local peerd (so they land in its cache and
+//! are shared with other hosts); dfget copies each piece into a temporary
+//! file next to the output as soon as peerd has verified it, and renames the
+//! file into place only when every piece (and `--digest`, if given) checks
+//! out. A failed or interrupted dfget leaves no output file behind.
+
+mod output;
+
+use api::digest::FileDigest;
+use api::proto::peer_client::PeerClient;
+use api::proto::{DownloadRequest, Header, TaskSource};
+use api::task::TaskId;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use output::PartialOutput;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use tonic::Code;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dfget",
+    version,
+    about = "Download a URL through the dffs P2P cluster"
+)]
+pub struct Args {
+    /// The URL to download (http or https).
+    pub url: String,
+    /// Where to write the file.
+    #[arg(short = 'O', long = "output", required_unless_present = "id")]
+    pub output: Option<PathBuf>,
+    /// peerd's Unix socket.
+    #[arg(long, default_value = "/run/dffs/peerd.sock", env = "DFFS_SOCKET")]
+    pub socket: PathBuf,
+    /// Header sent to the origin, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Makes the same URL another task (e.g. a version).
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Names the application; like --tag, part of the task-id.
+    #[arg(long, default_value = "")]
+    pub application: String,
+    /// Expected digest of the whole file, sha256:HEX.
+    #[arg(long)]
+    pub digest: Option<FileDigest>,
+    /// Print the task-id and exit.
+    #[arg(long)]
+    pub id: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// A failure, with the exit code it maps to and one line for the user.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Exit codes, so scripts can tell failures apart.
+pub mod exit {
+    pub const USAGE: i32 = 2;
+    pub const PEERD_UNREACHABLE: i32 = 3;
+    pub const ORIGIN: i32 = 4;
+    pub const DIGEST_MISMATCH: i32 = 5;
+    pub const OUTPUT: i32 = 6;
+    pub const OTHER: i32 = 1;
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    let id = TaskId::from_source(&args.url, &args.tag, &args.application)
+        .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    if args.id {
+        println!("{id}");
+        return Ok(());
+    }
+    let headers = parse_headers(&args.headers)?;
+    let output = args.output.clone().expect("clap requires -O without --id");
+    let mut partial = PartialOutput::create(&output).map_err(|e| fail(exit::OUTPUT, e))?;
+    let result = download(&args, headers, &mut partial).await;
+    match result {
+        Ok(()) => partial.commit().map_err(|e| fail(exit::OUTPUT, e)),
+        Err(failure) => {
+            partial.discard();
+            Err(failure)
+        }
+    }
+}
+
+fn parse_headers(raw: &[String]) -> Result<Vec<Header>, Failure> {
+    raw.iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .filter(|(n, _)| !n.trim().is_empty())
+                .ok_or_else(|| {
+                    fail(
+                        exit::USAGE,
+                        format!("invalid header '{h}': expected 'Name: value'"),
+                    )
+                })?;
+            Ok(Header {
+                name: name.trim().to_string(),
+                value: value.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+async fn download(
+    args: &Args,
+    headers: Vec<Header>,
+    partial: &mut PartialOutput,
+) -> Result<(), Failure> {
+    let channel = api::uds::connect(&args.socket).await.map_err(|e| {
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        fail(
+            exit::PEERD_UNREACHABLE,
+            format!(
+                "cannot reach peerd at {} ({why}); is peerd running? Start it, or point --socket at its socket",
+                args.socket.display()
+            ),
+        )
+    })?;
+    let mut client = PeerClient::new(channel).max_decoding_message_size(64 << 20);
+    let request = DownloadRequest {
+        source: Some(TaskSource {
+            url: args.url.clone(),
+            headers,
+            tag: args.tag.clone(),
+            application: args.application.clone(),
+        }),
+    };
+    let mut stream = client
+        .download(request)
+        .await
+        .map_err(|s| from_status(&s, &args.url))?
+        .into_inner();
+    let bar = progress_bar(args.quiet);
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                return Err(fail(
+                    exit::OTHER,
+                    "peerd ended the download without finishing it; see peerd's log",
+                ));
+            }
+            Err(s) => {
+                bar.finish_and_clear();
+                return Err(from_status(&s, &args.url));
+            }
+        };
+        let info = message.task.unwrap_or_default();
+        let meta = info.meta.clone().unwrap_or_default();
+        partial
+            .copy_pieces(&info, &message.new_pieces)
+            .map_err(|e| fail(exit::OUTPUT, e))?;
+        bar.set_length(meta.content_length);
+        bar.set_position(message.completed_bytes);
+        if message.done {
+            bar.finish_and_clear();
+            partial
+                .finish(meta.content_length)
+                .map_err(|e| fail(exit::OUTPUT, e))?;
+            break;
+        }
+    }
+    if let Some(expected) = &args.digest {
+        let actual = partial.sha256().map_err(|e| fail(exit::OUTPUT, e))?;
+        if &actual != expected {
+            return Err(fail(
+                exit::DIGEST_MISMATCH,
+                format!(
+                    "digest mismatch for {}: expected {expected}, got {actual}; the output was not written",
+                    args.url
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// A status from peerd as one line with a hint of what to do.
+fn from_status(status: &tonic::Status, url: &str) -> Failure {
+    let message = status.message();
+    match status.code() {
+        Code::NotFound => fail(exit::ORIGIN, format!("{message}; check the URL")),
+        Code::PermissionDenied => fail(
+            exit::ORIGIN,
+            format!("{message}; check the credentials sent with -H"),
+        ),
+        Code::InvalidArgument => fail(exit::USAGE, message.to_string()),
+        Code::ResourceExhausted => fail(exit::OUTPUT, message.to_string()),
+        Code::Unavailable if message.contains("origin") => fail(
+            exit::ORIGIN,
+            format!("{message}; check that the origin is up and reachable"),
+        ),
+        Code::Unavailable | Code::Unknown
+            if message.contains("transport") || message.contains("connect") =>
+        {
+            fail(
+                exit::PEERD_UNREACHABLE,
+                format!(
+                    "lost the connection to peerd while downloading {url} ({message}); is peerd still running?"
+                ),
+            )
+        }
+        _ => fail(exit::OTHER, format!("downloading {url} failed: {message}")),
+    }
+}

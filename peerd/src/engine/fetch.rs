@@ -1,0 +1,375 @@
+//! Fetching one piece: pick a source, transfer, verify, store.
+//!
+//! Sources, in order of preference: a parent that holds the piece (a plain
+//! peer before the root, so the root's uplink is kept for pieces nobody
+//! else has), then the root (which fetches from the origin on demand), then
+//! the origin itself when this host is the root or no parent can deliver.
+
+use super::task::{ParentView, PieceResult, Task};
+use super::{Engine, EngineError, origin_fetch};
+use crate::upload::client::FetchError;
+use crate::upload::protocol::{PieceRequest, Status};
+use api::digest::PieceDigest;
+use api::piece::Bitmap;
+use api::proto::{BadParent, ParentSpeed, Priority};
+use rand::seq::IndexedRandom;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Attempts at one piece before its waiters get an error.
+const MAX_ATTEMPTS: u32 = 12;
+/// Root failures after which this host goes to the origin itself.
+const ROOT_FAILURES_BEFORE_ORIGIN: u32 = 3;
+/// Parent lists younger than this are not refreshed again.
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a parent that failed is left alone.
+const BLOCK_AFTER_ERROR: Duration = Duration::from_secs(5);
+const BLOCK_AFTER_BUSY: Duration = Duration::from_millis(500);
+const BLOCK_AFTER_CORRUPT: Duration = Duration::from_secs(600);
+
+/// Runs the fetch that owns piece `n` and tells its waiters the result.
+pub(super) async fn run(
+    engine: Engine,
+    task: Arc<Task>,
+    n: u32,
+    priority: Arc<AtomicU8>,
+    done: watch::Sender<PieceResult>,
+) {
+    let result = async {
+        let _slot = engine.inner.slots.acquire(priority.clone()).await;
+        fetch_piece(&engine, &task, n, &priority).await
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::warn!(task = %task.id, piece = n, "piece failed: {e}");
+        metrics::counter!("dffs_piece_failures_total", "reason" => "exhausted").increment(1);
+    }
+    task.finish_fetch(n);
+    done.send_replace(Some(result));
+}
+
+enum Source {
+    Parent(ParentView),
+    Origin,
+    /// Nobody known can serve it: ask the scheduler again, then retry.
+    Refresh,
+}
+
+async fn fetch_piece(
+    engine: &Engine,
+    task: &Arc<Task>,
+    n: u32,
+    priority: &AtomicU8,
+) -> Result<(), EngineError> {
+    let mut attempts = 0;
+    let mut root_failures = 0;
+    let mut idle_rounds = 0u32;
+    let mut last_error = None;
+    loop {
+        if task.has_piece(n) {
+            return Ok(());
+        }
+        if attempts >= MAX_ATTEMPTS {
+            return Err(last_error.unwrap_or_else(|| {
+                EngineError::Unavailable(format!(
+                    "piece {n} of task {}: no parent and no origin delivered it",
+                    task.id
+                ))
+            }));
+        }
+        let fallback_to_origin = root_failures >= ROOT_FAILURES_BEFORE_ORIGIN;
+        match choose_source(engine, task, n, fallback_to_origin) {
+            Source::Parent(parent) => {
+                let urgent = priority.load(Ordering::Relaxed) >= Priority::Read as u8;
+                let result = from_parent(engine, task, n, &parent, urgent).await;
+                release_parent(task, &parent.host_id);
+                match result {
+                    Ok(()) => return Ok(()),
+                    Err(e) if !e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        attempts += 1;
+                        if parent.is_root {
+                            root_failures += 1;
+                        }
+                        last_error = Some(e);
+                        tokio::time::sleep(backoff(attempts)).await;
+                    }
+                }
+            }
+            Source::Origin => match origin_fetch::fetch(engine, task, n).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    attempts += 1;
+                    last_error = Some(e);
+                    tokio::time::sleep(backoff(attempts)).await;
+                }
+            },
+            Source::Refresh => match refresh_parents(engine, task).await {
+                Ok(()) => {
+                    idle_rounds += 1;
+                    if idle_rounds > 1 {
+                        // Nobody has it yet and no root can fetch it; the
+                        // piece may be on its way to a parent.
+                        tokio::time::sleep(Duration::from_millis(
+                            50 * u64::from(idle_rounds.min(10)),
+                        ))
+                        .await;
+                    }
+                    if idle_rounds > 200 {
+                        root_failures = ROOT_FAILURES_BEFORE_ORIGIN;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task.id, "scheduler unavailable, going to the origin: {e}");
+                    root_failures = ROOT_FAILURES_BEFORE_ORIGIN;
+                    last_error = Some(e);
+                }
+            },
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis(20 * u64::from(attempts.min(10)))
+}
+
+fn choose_source(engine: &Engine, task: &Task, n: u32, fallback_to_origin: bool) -> Source {
+    let cap = engine.inner.settings.requests_per_parent;
+    let now = Instant::now();
+    let mut state = task.lock();
+    state.blocked.retain(|_, until| *until > now);
+    let usable = |p: &ParentView| {
+        !state.blocked.contains_key(&p.host_id)
+            && state.load.get(&p.host_id).copied().unwrap_or(0) < cap
+    };
+    let holders: Vec<&ParentView> = state
+        .parents
+        .iter()
+        .filter(|p| p.bitmap.get(n) && usable(p))
+        .collect();
+    let least_loaded = |list: &[&ParentView]| -> Option<ParentView> {
+        let min = list
+            .iter()
+            .map(|p| state.load.get(&p.host_id).copied().unwrap_or(0))
+            .min()?;
+        let best: Vec<&&ParentView> = list
+            .iter()
+            .filter(|p| state.load.get(&p.host_id).copied().unwrap_or(0) == min)
+            .collect();
+        best.choose(&mut rand::rng()).map(|p| (**p).clone())
+    };
+    let plain: Vec<&ParentView> = holders.iter().copied().filter(|p| !p.is_root).collect();
+    let chosen = least_loaded(&plain)
+        .or_else(|| least_loaded(&holders))
+        .or_else(|| {
+            if state.is_root || fallback_to_origin {
+                return None;
+            }
+            let roots: Vec<&ParentView> = state
+                .parents
+                .iter()
+                .filter(|p| p.is_root && usable(p))
+                .collect();
+            least_loaded(&roots)
+        });
+    match chosen {
+        Some(parent) => {
+            *state.load.entry(parent.host_id.clone()).or_default() += 1;
+            Source::Parent(parent)
+        }
+        None if state.is_root || fallback_to_origin => Source::Origin,
+        None => Source::Refresh,
+    }
+}
+
+fn release_parent(task: &Task, host_id: &str) {
+    let mut state = task.lock();
+    if let Some(load) = state.load.get_mut(host_id) {
+        *load = load.saturating_sub(1);
+    }
+}
+
+fn block_parent(task: &Task, host_id: &str, for_how_long: Duration) {
+    task.lock()
+        .blocked
+        .insert(host_id.to_string(), Instant::now() + for_how_long);
+}
+
+async fn from_parent(
+    engine: &Engine,
+    task: &Arc<Task>,
+    n: u32,
+    parent: &ParentView,
+    urgent: bool,
+) -> Result<(), EngineError> {
+    let inner = &engine.inner;
+    let request = PieceRequest {
+        task: task.id,
+        piece: n,
+        urgent,
+    };
+    let expected = task.layout.piece_len(n);
+    let started = Instant::now();
+    let bytes = match inner.peers.fetch(&parent.addr, request, expected).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(parent_failed(engine, task, n, parent, e)),
+    };
+    let elapsed = started.elapsed();
+    let digest = match task.digest(n) {
+        Some(d) => d,
+        None => wait_for_digest(engine, task, n).await?,
+    };
+    if PieceDigest::of(&bytes) != digest {
+        tracing::warn!(task = %task.id, piece = n, parent = %parent.addr, "parent sent a corrupt piece; isolating it");
+        metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
+        block_parent(task, &parent.host_id, BLOCK_AFTER_CORRUPT);
+        inner.link.report_bad_parent_later(
+            task.id,
+            BadParent {
+                host_id: parent.host_id.clone(),
+                piece: n,
+                corrupt: true,
+            },
+        );
+        return Err(EngineError::Unavailable(format!(
+            "piece {n} from {} failed verification",
+            parent.addr
+        )));
+    }
+    if task.store_piece(engine, n, &bytes, digest)? {
+        metrics::counter!("dffs_download_bytes_total", "source" => "peer").increment(expected);
+        metrics::counter!("dffs_download_pieces_total", "source" => "peer").increment(1);
+        metrics::histogram!("dffs_piece_seconds", "source" => "peer").record(elapsed.as_secs_f64());
+        inner.link.report_piece_later(task.id, n);
+        inner.link.report_speed_later(
+            task.id,
+            ParentSpeed {
+                host_id: parent.host_id.clone(),
+                bytes: expected,
+                micros: elapsed.as_micros() as u64,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn parent_failed(
+    engine: &Engine,
+    task: &Task,
+    n: u32,
+    parent: &ParentView,
+    error: FetchError,
+) -> EngineError {
+    let (block, report) = match &error {
+        // Its bitmap was stale; not its fault.
+        FetchError::Refused {
+            status: Status::NotFound,
+            ..
+        } => {
+            let mut state = task.lock();
+            if let Some(p) = state
+                .parents
+                .iter_mut()
+                .find(|p| p.host_id == parent.host_id)
+            {
+                p.bitmap.clear(n);
+            }
+            (None, false)
+        }
+        FetchError::Refused {
+            status: Status::Busy,
+            ..
+        } => (Some(BLOCK_AFTER_BUSY), false),
+        _ => (Some(BLOCK_AFTER_ERROR), true),
+    };
+    tracing::debug!(task = %task.id, piece = n, "parent failed: {error}");
+    metrics::counter!("dffs_piece_failures_total", "reason" => "parent").increment(1);
+    if let Some(d) = block {
+        block_parent(task, &parent.host_id, d);
+    }
+    if report {
+        engine.inner.link.report_bad_parent_later(
+            task.id,
+            BadParent {
+                host_id: parent.host_id.clone(),
+                piece: n,
+                corrupt: false,
+            },
+        );
+    }
+    EngineError::Unavailable(error.to_string())
+}
+
+/// A root reports a piece's digest before serving it, so a missing digest
+/// is at most a report in flight: ask a few times, then give up.
+async fn wait_for_digest(
+    engine: &Engine,
+    task: &Arc<Task>,
+    n: u32,
+) -> Result<PieceDigest, EngineError> {
+    for attempt in 0..5u64 {
+        refresh_parents(engine, task).await?;
+        if let Some(d) = task.digest(n) {
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+    }
+    Err(EngineError::Unavailable(format!(
+        "the scheduler has no digest for piece {n} of task {}, so it cannot be verified",
+        task.id
+    )))
+}
+
+/// Asks the scheduler for the task's parents and the digests still
+/// missing. Concurrent callers share one request.
+pub(super) async fn refresh_parents(engine: &Engine, task: &Arc<Task>) -> Result<(), EngineError> {
+    let _one_at_a_time = task.refresh.lock().await;
+    let want_digests: Vec<u32> = {
+        let state = task.lock();
+        if state
+            .parents_at
+            .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL)
+        {
+            return Ok(());
+        }
+        (0..task.layout.piece_count())
+            .filter(|&i| state.digests[i as usize].is_none())
+            .collect()
+    };
+    let link = &engine.inner.link;
+    let response = match link.get_parents(&task.id, want_digests.clone()).await {
+        Ok(r) => r,
+        // The scheduler forgot the task (it restarted): register again.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            engine.register_existing(task).await?;
+            link.get_parents(&task.id, want_digests)
+                .await
+                .map_err(|s| EngineError::from_scheduler(&s))?
+        }
+        Err(status) => return Err(EngineError::from_scheduler(&status)),
+    };
+    let count = task.layout.piece_count();
+    let mut state = task.lock();
+    state.parents = response
+        .parents
+        .into_iter()
+        .map(|p| ParentView {
+            bitmap: Bitmap::from_bytes(count, &p.bitmap),
+            host_id: p.host_id,
+            addr: p.upload_addr,
+            is_root: p.is_root,
+        })
+        .collect();
+    for d in response.digests {
+        let slot = state.digests.get_mut(d.number as usize);
+        if let (Some(slot @ None), Some(digest)) = (slot, PieceDigest::from_slice(&d.blake3)) {
+            *slot = Some(digest);
+        }
+    }
+    state.is_root = response.is_root;
+    state.parents_at = Some(Instant::now());
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! The task and piece engine: the one place where tasks are opened, pieces
+//! fetched, verified and stored. dfget, dffs, the seed and preheat all call
+//! it; none has a download path of its own.
+
+mod error;
+mod fetch;
+pub mod link;
+mod origin_fetch;
+mod serve;
+pub mod slots;
+pub mod task;
+
+pub use error::EngineError;
+use link::SchedulerLink;
+pub use task::Task;
+
+use crate::origin::Origin;
+use crate::ratelimit::HostLimits;
+use crate::storage::{Journal, Store};
+use crate::upload::client::PeerClient;
+use api::piece::Layout;
+use api::proto::{
+    OriginError, Priority, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
+    report_task_meta_request,
+};
+use api::task::TaskId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use task::LoadedState;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Piece requests in flight to one parent at a time.
+    pub requests_per_parent: u32,
+    /// Ranged GETs in flight to the origin per task.
+    pub origin_requests_per_task: usize,
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub journal: Journal,
+    pub link: SchedulerLink,
+    pub peers: PeerClient,
+    pub origin: Origin,
+    pub slots: Arc<slots::Slots>,
+    pub limits: HostLimits,
+    pub settings: Settings,
+    /// Seed mode: roots new tasks and answers children about tasks it has
+    /// not opened yet.
+    pub seed: bool,
+    tasks: Mutex<HashMap<TaskId, Arc<Task>>>,
+    /// Serialises opening the same task, so concurrent callers create it once.
+    opening: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A cheap handle on the engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub inner: Arc<Inner>,
+}
+
+pub struct Parts {
+    pub store: Store,
+    pub link: SchedulerLink,
+    pub peers: PeerClient,
+    pub origin: Origin,
+    pub download_slots: usize,
+    pub limits: HostLimits,
+    pub settings: Settings,
+    pub seed: bool,
+}
+
+impl Engine {
+    /// Builds the engine and loads every task already in the cache.
+    pub fn new(parts: Parts) -> Engine {
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store: parts.store,
+                journal: Journal::start(),
+                link: parts.link,
+                peers: parts.peers,
+                origin: parts.origin,
+                slots: slots::Slots::new(parts.download_slots),
+                limits: parts.limits,
+                settings: parts.settings,
+                seed: parts.seed,
+                tasks: Mutex::new(HashMap::new()),
+                opening: Mutex::new(HashMap::new()),
+            }),
+        };
+        for loaded in engine.inner.store.load_all() {
+            let Ok(id) = loaded.meta.task_id.parse::<TaskId>() else {
+                continue;
+            };
+            let state = LoadedState {
+                present: loaded.present,
+                digests: loaded.digests,
+                last_access: loaded.last_access,
+            };
+            let task = Task::new(id, loaded.meta, loaded.layout, loaded.file, Some(state));
+            engine.tasks_map().insert(id, task);
+        }
+        let count = engine.tasks_map().len();
+        tracing::info!(tasks = count, "piece cache loaded");
+        metrics::gauge!("dffs_tasks").set(count as f64);
+        engine
+    }
+
+    fn tasks_map(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<Task>>> {
+        self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn task(&self, id: &TaskId) -> Option<Arc<Task>> {
+        self.tasks_map().get(id).cloned()
+    }
+
+    pub fn tasks(&self) -> Vec<Arc<Task>> {
+        self.tasks_map().values().cloned().collect()
+    }
+
+    fn open_lock(&self, id: TaskId) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .opening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// Opens the task for a URL: from the cache when it is there (no
+    /// network at all), else by joining it at the scheduler, resolving the
+    /// metadata at the origin if this host is the first to ask.
+    pub async fn open_source(
+        &self,
+        source: TaskSource,
+        want_whole: bool,
+    ) -> Result<Arc<Task>, EngineError> {
+        let id = TaskId::from_source(&source.url, &source.tag, &source.application)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        crate::origin::request_headers(&source.headers)?;
+        if let Some(task) = self.task(&id) {
+            return Ok(task);
+        }
+        let lock = self.open_lock(id);
+        let _opening = lock.lock().await;
+        if let Some(task) = self.task(&id) {
+            return Ok(task);
+        }
+        let request = RegisterPeerRequest {
+            source: Some(source.clone()),
+            want_whole,
+            ..Default::default()
+        };
+        let (meta, is_root) = match self.inner.link.register_peer(&id, request).await {
+            Ok(resp) if resp.must_resolve => (self.resolve_and_report(id, &source).await?, true),
+            Ok(resp) => (
+                resp.meta
+                    .ok_or_else(|| EngineError::Scheduler("no metadata in the answer".into()))?,
+                resp.is_root,
+            ),
+            Err(status) => match EngineError::from_scheduler(&status) {
+                EngineError::Scheduler(why) => {
+                    // Degrade to a plain download rather than fail.
+                    tracing::warn!(task = %id, "scheduler unavailable ({why}); fetching from the origin directly");
+                    (self.resolve(id, &source).await?, true)
+                }
+                other => return Err(other),
+            },
+        };
+        let task = self.insert_new(id, meta)?;
+        task.lock().is_root = is_root;
+        Ok(task)
+    }
+
+    /// Opens a task known only by id (a dffs lookup): from the cache, or by
+    /// joining it at the scheduler, which must know it.
+    pub async fn open_id(&self, id: TaskId) -> Result<Arc<Task>, EngineError> {
+        if let Some(task) = self.task(&id) {
+            return Ok(task);
+        }
+        let lock = self.open_lock(id);
+        let _opening = lock.lock().await;
+        if let Some(task) = self.task(&id) {
+            return Ok(task);
+        }
+        let request = RegisterPeerRequest::default();
+        let resp = self
+            .inner
+            .link
+            .register_peer(&id, request)
+            .await
+            .map_err(|s| EngineError::from_scheduler(&s))?;
+        let meta = resp.meta.ok_or_else(|| {
+            EngineError::Unavailable(format!("task {id} is still being resolved; try again"))
+        })?;
+        let task = self.insert_new(id, meta)?;
+        task.lock().is_root = resp.is_root;
+        Ok(task)
+    }
+
+    /// A task's metadata and local state, asking the scheduler about tasks
+    /// this host has not seen, without joining them.
+    pub async fn stat(&self, id: TaskId) -> Result<TaskInfo, EngineError> {
+        if let Some(task) = self.task(&id) {
+            return Ok(task.info());
+        }
+        let meta = self
+            .inner
+            .link
+            .stat_task(&id)
+            .await
+            .map_err(|s| EngineError::from_scheduler(&s))?;
+        Ok(TaskInfo {
+            meta: Some(meta),
+            ..Default::default()
+        })
+    }
+
+    fn insert_new(&self, id: TaskId, meta: TaskMeta) -> Result<Arc<Task>, EngineError> {
+        if meta.task_id != id.to_string() {
+            return Err(EngineError::Invalid(format!(
+                "metadata for task {id} names task {}",
+                meta.task_id
+            )));
+        }
+        let layout = Layout::new(meta.content_length, meta.piece_length)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let file = self.inner.store.create(id, &meta, layout)?;
+        let task = Task::new(id, meta, layout, file, None);
+        let mut tasks = self.tasks_map();
+        let task = tasks.entry(id).or_insert(task).clone();
+        metrics::gauge!("dffs_tasks").set(tasks.len() as f64);
+        Ok(task)
+    }
+
+    /// Learns the object's metadata at the origin.
+    async fn resolve(&self, id: TaskId, source: &TaskSource) -> Result<TaskMeta, EngineError> {
+        let resolved = self.inner.origin.resolve(source).await?;
+        Ok(TaskMeta {
+            task_id: id.to_string(),
+            source: Some(source.clone()),
+            content_length: resolved.content_length,
+            piece_length: api::piece::piece_length_for(resolved.content_length),
+            etag: resolved.etag,
+            last_modified: resolved.last_modified,
+        })
+    }
+
+    /// Resolves at the origin as the scheduler asked, and tells it the
+    /// outcome, which every host waiting on the task receives.
+    async fn resolve_and_report(
+        &self,
+        id: TaskId,
+        source: &TaskSource,
+    ) -> Result<TaskMeta, EngineError> {
+        let link = &self.inner.link;
+        match self.resolve(id, source).await {
+            Ok(meta) => {
+                link.report_task_meta(&id, report_task_meta_request::Result::Meta(meta.clone()))
+                    .await
+                    .map_err(|s| EngineError::from_scheduler(&s))?;
+                Ok(meta)
+            }
+            Err(error) => {
+                let report = OriginError {
+                    http_status: match &error {
+                        EngineError::Origin { http_status, .. } => *http_status,
+                        _ => 0,
+                    },
+                    message: error.to_string(),
+                };
+                let _ = link
+                    .report_task_meta(&id, report_task_meta_request::Result::Error(report))
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Joins a task this host already holds, telling the scheduler which
+    /// pieces it has (after a scheduler restart, or a root change).
+    pub async fn register_existing(&self, task: &Task) -> Result<(), EngineError> {
+        let request = RegisterPeerRequest {
+            bitmap: task.lock().present.as_bytes().to_vec(),
+            meta: Some(task.meta.clone()),
+            ..Default::default()
+        };
+        let resp = self
+            .inner
+            .link
+            .register_peer(&task.id, request)
+            .await
+            .map_err(|s| EngineError::from_scheduler(&s))?;
+        task.lock().is_root = resp.is_root;
+        Ok(())
+    }
+
+    /// Re-registers every task whose home is scheduler `index`.
+    pub async fn resync(&self, index: usize) {
+        let tasks: Vec<Arc<Task>> = self
+            .tasks()
+            .into_iter()
+            .filter(|t| self.inner.link.is_home(&t.id, index))
+            .collect();
+        tracing::info!(scheduler = %self.inner.link.scheduler_addr(index), tasks = tasks.len(), "re-reporting held tasks");
+        for task in tasks {
+            if let Err(e) = self.register_existing(&task).await {
+                tracing::warn!(task = %task.id, "cannot re-report task: {e}");
+            }
+        }
+    }
+
+    /// Fetches every missing piece of the task.
+    pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
+        task.touch();
+        task.ensure(self, 0..task.layout.piece_count(), Priority::Bulk)
+            .await
+    }
+
+    /// Carries out a seed command: root the task, resolving it first if
+    /// nobody has, and fetch all of it when asked.
+    pub async fn handle_seed_command(&self, command: SeedCommand) -> Result<(), EngineError> {
+        let id: TaskId = command
+            .task_id
+            .parse()
+            .map_err(|e: api::task::TaskError| EngineError::Invalid(e.to_string()))?;
+        let task = match (self.task(&id), command.meta) {
+            (Some(task), _) => task,
+            (None, Some(meta)) => self.insert_new(id, meta)?,
+            (None, None) => {
+                let source = command
+                    .source
+                    .ok_or_else(|| EngineError::Invalid("seed command without a source".into()))?;
+                let meta = self.resolve_and_report(id, &source).await?;
+                self.insert_new(id, meta)?
+            }
+        };
+        self.register_existing(&task).await?;
+        if command.whole && !task.is_complete() {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.download_all(&task).await {
+                    tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Persists everything and leaves the cluster.
+    pub async fn shutdown(&self) {
+        let journal = self.inner.journal.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.flush()).await;
+        self.inner.link.flush_reports().await;
+        self.inner.link.leave_host().await;
+    }
+}

@@ -1,0 +1,266 @@
+//! One task as peerd sees it: which pieces are present, which are being
+//! fetched, who may serve the rest, and how waiters learn of progress.
+
+use super::{Engine, EngineError, fetch};
+use crate::storage::TaskFile;
+use api::digest::PieceDigest;
+use api::piece::{Bitmap, Layout};
+use api::proto::{Priority, TaskInfo, TaskMeta};
+use api::task::TaskId;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, watch};
+
+/// The result of one piece fetch, shared by all its waiters.
+pub type PieceResult = Option<Result<(), EngineError>>;
+
+pub struct Task {
+    pub id: TaskId,
+    pub meta: TaskMeta,
+    pub layout: Layout,
+    pub file: Arc<TaskFile>,
+    state: Mutex<State>,
+    /// Present bytes; bumped whenever a piece becomes present.
+    progress: watch::Sender<u64>,
+    /// One parent refresh at a time per task; the others reuse its result.
+    pub(super) refresh: tokio::sync::Mutex<()>,
+    /// Concurrent origin requests for this task. It starts at one, until
+    /// the origin shows it honours Range, so an origin that ignores Range
+    /// is not asked for the whole object several times at once.
+    pub(super) origin_gate: Semaphore,
+}
+
+/// A parent as last described by the scheduler.
+#[derive(Debug, Clone)]
+pub struct ParentView {
+    pub host_id: String,
+    pub addr: String,
+    pub is_root: bool,
+    pub bitmap: Bitmap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginMode {
+    /// Not yet known whether the origin honours Range.
+    Unknown,
+    Ranged,
+    /// One GET is streaming the whole object; wait for it.
+    Streaming,
+}
+
+pub struct State {
+    pub present: Bitmap,
+    pub present_bytes: u64,
+    pub digests: Vec<Option<PieceDigest>>,
+    inflight: HashMap<u32, Inflight>,
+    pub parents: Vec<ParentView>,
+    pub parents_at: Option<Instant>,
+    /// Parents not to ask again until the given time.
+    pub blocked: HashMap<String, Instant>,
+    /// Requests in flight per parent.
+    pub load: HashMap<String, u32>,
+    pub is_root: bool,
+    pub origin: OriginMode,
+    pub last_access: SystemTime,
+    last_touch: Option<Instant>,
+}
+
+struct Inflight {
+    priority: Arc<AtomicU8>,
+    done: watch::Receiver<PieceResult>,
+}
+
+pub struct LoadedState {
+    pub present: Bitmap,
+    pub digests: Vec<Option<PieceDigest>>,
+    pub last_access: SystemTime,
+}
+
+impl Task {
+    pub fn new(
+        id: TaskId,
+        meta: TaskMeta,
+        layout: Layout,
+        file: TaskFile,
+        loaded: Option<LoadedState>,
+    ) -> Arc<Task> {
+        let count = layout.piece_count();
+        let loaded = loaded.unwrap_or_else(|| LoadedState {
+            present: Bitmap::new(count),
+            digests: vec![None; count as usize],
+            last_access: SystemTime::now(),
+        });
+        let present_bytes = loaded
+            .present
+            .iter_ones()
+            .map(|n| layout.piece_len(n))
+            .sum();
+        Arc::new(Task {
+            id,
+            meta,
+            layout,
+            file: Arc::new(file),
+            state: Mutex::new(State {
+                present: loaded.present,
+                present_bytes,
+                digests: loaded.digests,
+                inflight: HashMap::new(),
+                parents: Vec::new(),
+                parents_at: None,
+                blocked: HashMap::new(),
+                load: HashMap::new(),
+                is_root: false,
+                origin: OriginMode::Unknown,
+                last_access: loaded.last_access,
+                last_touch: None,
+            }),
+            progress: watch::channel(present_bytes).0,
+            refresh: tokio::sync::Mutex::new(()),
+            origin_gate: Semaphore::new(1),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.lock().present.is_full()
+    }
+
+    pub fn has_piece(&self, n: u32) -> bool {
+        self.lock().present.get(n)
+    }
+
+    pub fn info(&self) -> TaskInfo {
+        let state = self.lock();
+        TaskInfo {
+            meta: Some(self.meta.clone()),
+            content_path: self.file.content_path().to_string_lossy().into_owned(),
+            completed_bytes: state.present_bytes,
+            complete: state.present.is_full(),
+            last_access: state
+                .last_access
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Records a read or download, for LRU eviction; the file's mtime is
+    /// updated at most once a minute.
+    pub fn touch(&self) {
+        let mut state = self.lock();
+        state.last_access = SystemTime::now();
+        let due = state.last_touch.is_none_or(|t| t.elapsed().as_secs() >= 60);
+        if due {
+            state.last_touch = Some(Instant::now());
+            drop(state);
+            if let Err(e) = self.file.touch() {
+                tracing::debug!(task = %self.id, "cannot record access time: {e}");
+            }
+        }
+    }
+
+    /// Makes every piece in `pieces` present, fetching the missing ones at
+    /// `priority`. Concurrent callers share fetches: a piece is fetched once.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        engine: &Engine,
+        pieces: Range<u32>,
+        priority: Priority,
+    ) -> Result<(), EngineError> {
+        let waits = self.start_fetches(engine, pieces.clone(), priority);
+        for mut done in waits {
+            let result = done
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?
+                .clone();
+            result.expect("waited for Some")?;
+        }
+        Ok(())
+    }
+
+    /// Starts fetching the missing pieces of `pieces` without waiting, e.g.
+    /// for read-ahead.
+    pub fn prefetch(self: &Arc<Self>, engine: &Engine, pieces: Range<u32>, priority: Priority) {
+        drop(self.start_fetches(engine, pieces, priority));
+    }
+
+    fn start_fetches(
+        self: &Arc<Self>,
+        engine: &Engine,
+        pieces: Range<u32>,
+        priority: Priority,
+    ) -> Vec<watch::Receiver<PieceResult>> {
+        let level = priority as u8;
+        let mut waits = Vec::new();
+        let mut state = self.lock();
+        for n in pieces {
+            if state.present.get(n) {
+                continue;
+            }
+            if let Some(inflight) = state.inflight.get(&n) {
+                inflight.priority.fetch_max(level, Ordering::Relaxed);
+                waits.push(inflight.done.clone());
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            let priority = Arc::new(AtomicU8::new(level));
+            state.inflight.insert(
+                n,
+                Inflight {
+                    priority: priority.clone(),
+                    done: rx.clone(),
+                },
+            );
+            waits.push(rx);
+            tokio::spawn(fetch::run(engine.clone(), self.clone(), n, priority, tx));
+        }
+        waits
+    }
+
+    /// Called by the fetch that owned piece `n` when it ends.
+    pub(super) fn finish_fetch(&self, n: u32) {
+        self.lock().inflight.remove(&n);
+    }
+
+    /// Stores a verified piece and makes it visible. Returns false when
+    /// it was already present (a concurrent fetch won).
+    pub fn store_piece(
+        &self,
+        engine: &Engine,
+        n: u32,
+        bytes: &[u8],
+        digest: PieceDigest,
+    ) -> Result<bool, EngineError> {
+        if self.has_piece(n) {
+            return Ok(false);
+        }
+        self.file
+            .write_at(bytes, self.layout.piece_range(n).start)?;
+        let mut state = self.lock();
+        state.digests[n as usize] = Some(digest);
+        if !state.present.set(n) {
+            return Ok(false);
+        }
+        state.present_bytes += bytes.len() as u64;
+        let present_bytes = state.present_bytes;
+        drop(state);
+        engine.inner.journal.record(self.file.clone(), n, digest);
+        self.progress.send_replace(present_bytes);
+        Ok(true)
+    }
+
+    /// The digest a piece must have, if known.
+    pub fn digest(&self, n: u32) -> Option<PieceDigest> {
+        self.lock().digests.get(n as usize).copied().flatten()
+    }
+}

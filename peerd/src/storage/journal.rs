@@ -1,0 +1,89 @@
+//! Batches piece-log commits off the download path.
+//!
+//! Syncing the content file before logging a piece is what makes the log
+//! trustworthy after a crash, but a sync per piece would cap throughput at
+//! the disk's sync rate. A single thread instead gathers everything that
+//! completed in the last few milliseconds and commits it per task, with one
+//! sync per task per batch. Pieces are servable as soon as they are written;
+//! only their persistence lags, so a crash costs at most one batch of
+//! re-fetching.
+
+use super::TaskFile;
+use api::digest::PieceDigest;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+enum Entry {
+    Piece(Arc<TaskFile>, u32, PieceDigest),
+    /// Everything sent before this is committed when the sender is dropped.
+    Barrier(Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    tx: Sender<Entry>,
+}
+
+impl Journal {
+    pub fn start() -> Journal {
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("piece-journal".into())
+            .spawn(move || run(rx))
+            .expect("spawning the journal thread");
+        Journal { tx }
+    }
+
+    pub fn record(&self, file: Arc<TaskFile>, number: u32, digest: PieceDigest) {
+        let _ = self.tx.send(Entry::Piece(file, number, digest));
+    }
+
+    /// Waits until everything recorded so far is on disk.
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = channel();
+        if self.tx.send(Entry::Barrier(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+    }
+}
+
+fn run(rx: Receiver<Entry>) {
+    let mut batch: HashMap<usize, (Arc<TaskFile>, Vec<(u32, PieceDigest)>)> = HashMap::new();
+    let mut barriers = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let deadline = Instant::now() + BATCH_WINDOW;
+        let mut next = Some(first);
+        while let Some(entry) = next.take() {
+            match entry {
+                Entry::Piece(file, number, digest) => {
+                    let key = Arc::as_ptr(&file) as usize;
+                    batch
+                        .entry(key)
+                        .or_insert_with(|| (file, Vec::new()))
+                        .1
+                        .push((number, digest));
+                }
+                Entry::Barrier(done) => {
+                    barriers.push(done);
+                    break;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            next = match rx.recv_timeout(left) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => None,
+            };
+        }
+        for (_, (file, pieces)) in batch.drain() {
+            if let Err(e) = file.commit(&pieces) {
+                tracing::error!(path = %file.content_path().display(), "cannot record pieces; they will be fetched again after a restart: {e}");
+            }
+        }
+        barriers.clear();
+    }
+}

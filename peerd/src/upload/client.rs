@@ -1,0 +1,189 @@
+//! Fetches pieces from parents, reusing connections.
+
+use super::protocol::{PieceRequest, RESPONSE_LEN, ResponseHeader, Status};
+use crate::ratelimit::{ByteLimit, CHUNK};
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Idle connections kept per parent.
+const MAX_IDLE_PER_PARENT: usize = 16;
+/// Longest reads are allowed to make no progress before the parent is
+/// considered stuck.
+const READ_STALL: Duration = Duration::from_secs(15);
+/// Longest a root may take to fetch a missing piece from the origin
+/// before it starts sending.
+const FIRST_BYTE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot connect to parent {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("transfer from parent {addr} failed: {source}")]
+    Io { addr: String, source: io::Error },
+    #[error("parent {addr} refused piece ({status:?}): {reason}")]
+    Refused {
+        addr: String,
+        status: Status,
+        reason: String,
+    },
+    #[error("parent {addr} announced {got} bytes for a piece of {expected}")]
+    WrongLength {
+        addr: String,
+        expected: u64,
+        got: u64,
+    },
+}
+
+pub struct PeerClient {
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    connect_timeout: Duration,
+    limit: ByteLimit,
+}
+
+impl PeerClient {
+    pub fn new(connect_timeout: Duration, limit: ByteLimit) -> Self {
+        PeerClient {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            limit,
+        }
+    }
+
+    /// Fetches one piece of `expected` bytes from the parent at `addr`.
+    /// The bytes are not verified here; the caller checks the digest.
+    pub async fn fetch(
+        &self,
+        addr: &str,
+        request: PieceRequest,
+        expected: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let io_err = |source| FetchError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let (mut stream, reused) = self.checkout(addr).await?;
+        let result = exchange(&mut stream, request, expected, &self.limit).await;
+        let result = match result {
+            // A pooled connection may have been closed by the parent while
+            // idle; one fresh attempt tells that apart from a real failure.
+            Err(Exchange::Io(_)) if reused => {
+                stream = self.connect(addr).await?;
+                exchange(&mut stream, request, expected, &self.limit).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(bytes) => {
+                self.checkin(addr, stream);
+                Ok(bytes)
+            }
+            Err(Exchange::Refused(status, reason)) => {
+                self.checkin(addr, stream);
+                Err(FetchError::Refused {
+                    addr: addr.to_string(),
+                    status,
+                    reason,
+                })
+            }
+            Err(Exchange::WrongLength(got)) => Err(FetchError::WrongLength {
+                addr: addr.to_string(),
+                expected,
+                got,
+            }),
+            Err(Exchange::Io(e)) => Err(io_err(e)),
+        }
+    }
+
+    async fn checkout(&self, addr: &str) -> Result<(TcpStream, bool), FetchError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(addr)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(stream) => Ok((stream, true)),
+            None => Ok((self.connect(addr).await?, false)),
+        }
+    }
+
+    fn checkin(&self, addr: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr.to_string()).or_default();
+        if list.len() < MAX_IDLE_PER_PARENT {
+            list.push(stream);
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<TcpStream, FetchError> {
+        let connect_err = |source| FetchError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
+            .map_err(connect_err)?;
+        stream.set_nodelay(true).map_err(connect_err)?;
+        Ok(stream)
+    }
+}
+
+enum Exchange {
+    Io(io::Error),
+    Refused(Status, String),
+    WrongLength(u64),
+}
+
+impl From<io::Error> for Exchange {
+    fn from(e: io::Error) -> Self {
+        Exchange::Io(e)
+    }
+}
+
+async fn exchange(
+    stream: &mut TcpStream,
+    request: PieceRequest,
+    expected: u64,
+    limit: &ByteLimit,
+) -> Result<Vec<u8>, Exchange> {
+    stream.write_all(&request.encode()).await?;
+    let mut header = [0u8; RESPONSE_LEN];
+    within(FIRST_BYTE, stream.read_exact(&mut header)).await?;
+    let header = ResponseHeader::decode(&header).map_err(|e| Exchange::Io(io::Error::other(e)))?;
+    if header.status != Status::Ok {
+        let mut reason = vec![0u8; (header.length as usize).min(4096)];
+        within(READ_STALL, stream.read_exact(&mut reason)).await?;
+        return Err(Exchange::Refused(
+            header.status,
+            String::from_utf8_lossy(&reason).into_owned(),
+        ));
+    }
+    if u64::from(header.length) != expected {
+        return Err(Exchange::WrongLength(u64::from(header.length)));
+    }
+    let mut bytes = vec![0u8; expected as usize];
+    let step = if limit.is_limited() {
+        CHUNK
+    } else {
+        bytes.len().max(1)
+    };
+    for chunk in bytes.chunks_mut(step) {
+        limit.take(chunk.len()).await;
+        within(READ_STALL, stream.read_exact(chunk)).await?;
+    }
+    Ok(bytes)
+}
+
+async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no progress for {}s", limit.as_secs()),
+        )
+    })?
+}

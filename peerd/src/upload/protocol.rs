@@ -1,0 +1,138 @@
+//! The peer-to-peer data plane's wire format.
+//!
+//! Piece bytes move over plain TCP rather than gRPC so that the sender can
+//! hand them to the kernel with sendfile(2) straight from the page cache.
+//! A connection carries one request at a time and is reused:
+//!
+//! ```text
+//! request  (48 bytes): "DFP1" | kind u8 | flags u8 | 0 u16 | task-id [32] | piece u32 LE | 0 u32
+//! response (16 bytes): status u8 | 0 [3] | length u32 LE | 0 u64
+//! then `length` bytes: the piece when status is OK, else a UTF-8 reason.
+//! ```
+
+use api::task::TaskId;
+
+pub const MAGIC: [u8; 4] = *b"DFP1";
+pub const REQUEST_LEN: usize = 48;
+pub const RESPONSE_LEN: usize = 16;
+const KIND_GET_PIECE: u8 = 1;
+/// A reader is blocked on this piece: a root fetching it from the origin
+/// gives it top priority.
+const FLAG_URGENT: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceRequest {
+    pub task: TaskId,
+    pub piece: u32,
+    pub urgent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    /// The parent does not hold the task or the piece.
+    NotFound = 1,
+    /// The parent is at its upload limit; try another.
+    Busy = 2,
+    /// The parent tried and failed (e.g. its origin fetch failed).
+    Failed = 3,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("not a dffs data-plane message (bad magic)")]
+    BadMagic,
+    #[error("unknown request kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown response status {0}")]
+    UnknownStatus(u8),
+}
+
+impl PieceRequest {
+    pub fn encode(&self) -> [u8; REQUEST_LEN] {
+        let mut buf = [0u8; REQUEST_LEN];
+        buf[..4].copy_from_slice(&MAGIC);
+        buf[4] = KIND_GET_PIECE;
+        buf[5] = if self.urgent { FLAG_URGENT } else { 0 };
+        buf[8..40].copy_from_slice(self.task.as_bytes());
+        buf[40..44].copy_from_slice(&self.piece.to_le_bytes());
+        buf
+    }
+
+    pub fn decode(buf: &[u8; REQUEST_LEN]) -> Result<Self, ProtocolError> {
+        if buf[..4] != MAGIC {
+            return Err(ProtocolError::BadMagic);
+        }
+        if buf[4] != KIND_GET_PIECE {
+            return Err(ProtocolError::UnknownKind(buf[4]));
+        }
+        Ok(PieceRequest {
+            task: TaskId::from_bytes(buf[8..40].try_into().expect("32 bytes")),
+            piece: u32::from_le_bytes(buf[40..44].try_into().expect("4 bytes")),
+            urgent: buf[5] & FLAG_URGENT != 0,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeader {
+    pub status: Status,
+    pub length: u32,
+}
+
+impl ResponseHeader {
+    pub fn encode(&self) -> [u8; RESPONSE_LEN] {
+        let mut buf = [0u8; RESPONSE_LEN];
+        buf[0] = self.status as u8;
+        buf[4..8].copy_from_slice(&self.length.to_le_bytes());
+        buf
+    }
+
+    pub fn decode(buf: &[u8; RESPONSE_LEN]) -> Result<Self, ProtocolError> {
+        let status = match buf[0] {
+            0 => Status::Ok,
+            1 => Status::NotFound,
+            2 => Status::Busy,
+            3 => Status::Failed,
+            other => return Err(ProtocolError::UnknownStatus(other)),
+        };
+        Ok(ResponseHeader {
+            status,
+            length: u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let req = PieceRequest {
+            task: TaskId::from_bytes([9; 32]),
+            piece: 77,
+            urgent: true,
+        };
+        assert_eq!(PieceRequest::decode(&req.encode()), Ok(req));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let mut buf = [0u8; REQUEST_LEN];
+        assert_eq!(PieceRequest::decode(&buf), Err(ProtocolError::BadMagic));
+        buf[..4].copy_from_slice(&MAGIC);
+        buf[4] = 9;
+        assert_eq!(
+            PieceRequest::decode(&buf),
+            Err(ProtocolError::UnknownKind(9))
+        );
+        let mut resp = [0u8; RESPONSE_LEN];
+        resp[0] = 200;
+        assert_eq!(
+            ResponseHeader::decode(&resp),
+            Err(ProtocolError::UnknownStatus(200))
+        );
+    }
+}

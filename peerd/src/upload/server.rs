@@ -1,0 +1,186 @@
+//! Serves pieces to other peers.
+
+use super::protocol::{PieceRequest, REQUEST_LEN, ResponseHeader, Status};
+use crate::ratelimit::{ByteLimit, CHUNK};
+use crate::storage::TaskFile;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An idle connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest sendfile(2) call when no upload limit applies.
+const SENDFILE_STEP: usize = 4 << 20;
+
+/// Where the bytes of a piece are.
+pub struct PieceLocation {
+    pub file: Arc<TaskFile>,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// Why a piece is not served.
+pub struct Refusal {
+    pub status: Status,
+    pub reason: String,
+}
+
+/// What the server asks of the engine.
+pub trait PieceProvider: Send + Sync + 'static {
+    /// Locates a verified piece, fetching it first when this host is the
+    /// task's root and does not hold it yet.
+    fn locate(
+        &self,
+        request: PieceRequest,
+    ) -> impl Future<Output = Result<PieceLocation, Refusal>> + Send;
+}
+
+pub struct UploadServer<P> {
+    provider: Arc<P>,
+    limit: ByteLimit,
+    max_uploads: u32,
+    in_flight: Arc<AtomicU32>,
+}
+
+impl<P: PieceProvider> UploadServer<P> {
+    pub fn new(provider: Arc<P>, limit: ByteLimit, max_uploads: u32) -> Self {
+        UploadServer {
+            provider,
+            limit,
+            max_uploads,
+            in_flight: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Uploads in progress, reported to the scheduler as load.
+    pub fn in_flight(&self) -> Arc<AtomicU32> {
+        self.in_flight.clone()
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("upload accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.connection(stream).await {
+                    tracing::debug!(%peer, "upload connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, mut stream: TcpStream) -> io::Result<()> {
+        loop {
+            let mut buf = [0u8; REQUEST_LEN];
+            match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut buf)).await {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(r) => r?,
+            };
+            let request = PieceRequest::decode(&buf).map_err(io::Error::other)?;
+            self.answer(&mut stream, request).await?;
+        }
+    }
+
+    async fn answer(&self, stream: &mut TcpStream, request: PieceRequest) -> io::Result<()> {
+        let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_uploads;
+        let _guard = InFlight(&self.in_flight);
+        if busy {
+            return refuse(stream, Status::Busy, "upload limit reached").await;
+        }
+        let location = match self.provider.locate(request).await {
+            Ok(location) => location,
+            Err(refusal) => return refuse(stream, refusal.status, &refusal.reason).await,
+        };
+        let header = ResponseHeader {
+            status: Status::Ok,
+            length: location.length,
+        };
+        stream.write_all(&header.encode()).await?;
+        let started = std::time::Instant::now();
+        send_file(stream, &location, &self.limit).await?;
+        metrics::counter!("dffs_upload_bytes_total").increment(u64::from(location.length));
+        metrics::counter!("dffs_upload_pieces_total").increment(1);
+        metrics::histogram!("dffs_upload_piece_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, status: Status, reason: &str) -> io::Result<()> {
+    let header = ResponseHeader {
+        status,
+        length: reason.len() as u32,
+    };
+    stream.write_all(&header.encode()).await?;
+    stream.write_all(reason.as_bytes()).await
+}
+
+/// Sends the piece with sendfile(2): the bytes go from the page cache to
+/// the socket without passing through this process.
+async fn send_file(
+    stream: &TcpStream,
+    location: &PieceLocation,
+    limit: &ByteLimit,
+) -> io::Result<()> {
+    let file_fd = location.file.content().as_raw_fd();
+    let socket_fd = stream.as_raw_fd();
+    let mut offset = location.offset as libc::off_t;
+    let end = offset + libc::off_t::from(location.length);
+    let step = if limit.is_limited() {
+        CHUNK
+    } else {
+        SENDFILE_STEP
+    };
+    while offset < end {
+        let want = step.min((end - offset) as usize);
+        limit.take(want).await;
+        let mut sent = 0;
+        while sent < want {
+            stream.writable().await?;
+            let result = stream.try_io(Interest::WRITABLE, || {
+                // SAFETY: both descriptors are open for the whole call (the
+                // file through `location`, the socket through `stream`) and
+                // `offset` is a valid pointer to a local.
+                let n = unsafe { libc::sendfile(socket_fd, file_fd, &mut offset, want - sent) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match result {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "content file is shorter than the piece",
+                    ));
+                }
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
