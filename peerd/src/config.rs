@@ -26,10 +26,11 @@ pub struct PeerdArgs {
     /// Where other peers fetch pieces from this host. Port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:65002")]
     pub upload_addr: SocketAddr,
-    /// IP other peers should use to reach this host; by default the
-    /// address this host uses to reach the scheduler.
-    #[arg(long)]
-    pub advertise_ip: Option<IpAddr>,
+    /// IP (or IP:PORT) other peers should use to reach this host; by
+    /// default the address this host uses to reach the scheduler, and the
+    /// upload port.
+    #[arg(long, value_parser = parse_advertise)]
+    pub advertise_addr: Option<Advertise>,
     /// Prometheus metrics at http://ADDR/metrics.
     #[arg(long, default_value = "127.0.0.1:65003")]
     pub metrics_addr: SocketAddr,
@@ -60,6 +61,22 @@ pub struct PeerdArgs {
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// What peerd tells others about where it uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertise {
+    Ip(IpAddr),
+    Addr(SocketAddr),
+}
+
+fn parse_advertise(text: &str) -> Result<Advertise, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Advertise::Addr(addr));
+    }
+    text.parse::<IpAddr>()
+        .map(Advertise::Ip)
+        .map_err(|_| format!("'{text}' is neither an IP nor IP:PORT"))
 }
 
 /// Parses a byte rate such as `0`, `1048576`, `100M`, `1.5G` or `512KiB`

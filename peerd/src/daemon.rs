@@ -1,6 +1,6 @@
 //! Starting and stopping peerd (and the seed, which is peerd in seed mode).
 
-use crate::config::PeerdArgs;
+use crate::config::{Advertise, PeerdArgs};
 use crate::engine::link::SchedulerLink;
 use crate::engine::{Engine, Parts, Settings};
 use crate::local_api::LocalApi;
@@ -132,18 +132,16 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 /// The address peers dial: the configured IP, else the listening IP,
 /// else the local IP on the route to the first scheduler.
 fn advertised_addr(args: &PeerdArgs, bound: SocketAddr) -> SocketAddr {
-    let ip = args.advertise_ip.unwrap_or_else(|| {
-        if !bound.ip().is_unspecified() {
-            return bound.ip();
-        }
-        route_ip(
-            args.scheduler
-                .first()
-                .map(String::as_str)
-                .unwrap_or("127.0.0.1:8002"),
-        )
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
-    });
+    let first_scheduler = args
+        .scheduler
+        .first()
+        .map_or("127.0.0.1:8002", String::as_str);
+    let ip = match args.advertise_addr {
+        Some(Advertise::Addr(addr)) => return addr,
+        Some(Advertise::Ip(ip)) => ip,
+        None if !bound.ip().is_unspecified() => bound.ip(),
+        None => route_ip(first_scheduler).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+    };
     SocketAddr::new(ip, bound.port())
 }
 

@@ -1,1 +1,318 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: start real daemons and a real origin
+//! as child processes on loopback, each with its own ports, sockets and
+//! directories, and tear them down when the test ends.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`);
+//! they are looked up next to the test executable.
+
+pub mod origin;
+pub mod tamper;
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use origin::Origin;
+
+/// Path of a workspace binary, built into the same target directory as the
+/// running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {} is missing; run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on loopback. Another process could take it before it
+/// is used, but on a test machine that is rare enough.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Writes `size` random bytes to `path` and returns their SHA-256 (hex).
+pub fn write_random_file(path: &Path, size: usize) -> String {
+    let mut file = File::create(path).expect("create random file");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rand::fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).expect("write random file");
+        left -= n;
+    }
+    hex::encode(hasher.finalize())
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Polls `check` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Daemon {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Daemon {
+        let out = File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log handle");
+        let child = command
+            .env(
+                "RUST_LOG",
+                std::env::var("DFFS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// Stops the process at once, like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(30)
+            );
+        }
+        self.kill();
+    }
+}
+
+/// One peerd (or seed) with its own directory, socket and ports.
+pub struct Peer {
+    pub daemon: Daemon,
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub upload_port: u16,
+    pub metrics_port: u16,
+    args: Vec<String>,
+    binary: &'static str,
+}
+
+impl Peer {
+    fn command(binary: &str, args: &[String]) -> Command {
+        let mut command = Command::new(bin(binary));
+        command.args(args);
+        command
+    }
+
+    /// Restarts the daemon with the same flags and directories.
+    pub fn restart(&mut self) {
+        self.daemon.kill();
+        let log = self.dir.join(format!("{}.restarted.log", self.name));
+        self.daemon = Daemon::spawn(&self.name, Self::command(self.binary, &self.args), log);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        wait_until(
+            &format!("{} socket", self.name),
+            Duration::from_secs(20),
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+        );
+    }
+
+    /// Runs dfget against this peer.
+    pub fn dfget(&self, url: &str, output: &Path, extra: &[&str]) -> Output {
+        Command::new(bin("dfget"))
+            .arg(url)
+            .arg("-O")
+            .arg(output)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--quiet")
+            .args(extra)
+            .output()
+            .expect("run dfget")
+    }
+
+    /// One value of this daemon's Prometheus metrics, summed over labels
+    /// that contain `labels` (e.g. `source="peer"`).
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text =
+            http_get(&format!("127.0.0.1:{}", self.metrics_port), "/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough to read metrics and origin stats.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+/// A scheduler, optionally a seed, and any number of peerds, in one
+/// temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub scheduler: Daemon,
+    pub scheduler_addr: String,
+    pub seed: Option<Peer>,
+    pub peers: Vec<Peer>,
+}
+
+impl Cluster {
+    pub fn start(with_seed: bool, peers: usize) -> Cluster {
+        Self::start_with(with_seed, peers, &[])
+    }
+
+    /// Like [`Cluster::start`], passing `peer_args` to every peerd.
+    pub fn start_with(with_seed: bool, peers: usize, peer_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let scheduler_addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(bin("scheduler"));
+        command
+            .args(["--listen", &scheduler_addr])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--keepalive-seconds", "1", "--host-timeout-seconds", "5"]);
+        let scheduler = Daemon::spawn("scheduler", command, dir.path().join("scheduler.log"));
+        wait_until("scheduler port", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&scheduler_addr).is_ok()
+        });
+        let mut cluster = Cluster {
+            dir,
+            scheduler,
+            scheduler_addr,
+            seed: None,
+            peers: Vec::new(),
+        };
+        if with_seed {
+            cluster.seed = Some(cluster.spawn_peer("seed", "seed", &[]));
+        }
+        for i in 0..peers {
+            let peer = cluster.spawn_peer("peerd", &format!("peer{i}"), peer_args);
+            cluster.peers.push(peer);
+        }
+        cluster
+    }
+
+    /// Starts one more peerd (or seed, with `binary = "seed"`).
+    pub fn spawn_peer(&self, binary: &'static str, name: &str, extra: &[&str]) -> Peer {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("peer dir");
+        let socket = dir.join("peerd.sock");
+        let upload_port = free_port();
+        let metrics_port = free_port();
+        let mut args: Vec<String> = vec![
+            "--scheduler".into(),
+            self.scheduler_addr.clone(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--upload-addr".into(),
+            format!("127.0.0.1:{upload_port}"),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let daemon = Daemon::spawn(
+            name,
+            Peer::command(binary, &args),
+            dir.join(format!("{name}.log")),
+        );
+        let peer = Peer {
+            daemon,
+            name: name.to_string(),
+            dir,
+            socket,
+            upload_port,
+            metrics_port,
+            args,
+            binary,
+        };
+        peer.wait_ready();
+        peer
+    }
+}

@@ -85,6 +85,7 @@ impl PartialOutput {
 
     /// Copies in the kernel (copy_file_range), so the bytes never pass
     /// through dfget and a reflinking filesystem may share them instead.
+    /// Across filesystems the kernel may refuse; then copy by hand.
     fn copy_range(&self, start: u64, len: u64) -> std::io::Result<()> {
         let (Some(from), Some(to)) = (&self.content, &self.file) else {
             return Ok(());
@@ -106,7 +107,15 @@ impl PartialOutput {
                 )
             };
             if n < 0 {
-                return Err(std::io::Error::last_os_error());
+                let e = std::io::Error::last_os_error();
+                let unsupported = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                );
+                if unsupported {
+                    return copy_by_hand(from, to, off_in as u64, left);
+                }
+                return Err(e);
             }
             if n == 0 {
                 return Err(std::io::Error::new(
@@ -148,6 +157,19 @@ impl PartialOutput {
         self.file.take();
         let _ = std::fs::remove_file(&self.temp);
     }
+}
+
+fn copy_by_hand(from: &File, to: &File, mut offset: u64, mut left: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; left.min(1 << 20)];
+    while left > 0 {
+        let n = left.min(buf.len());
+        from.read_exact_at(&mut buf[..n], offset)?;
+        to.write_all_at(&buf[..n], offset)?;
+        offset += n as u64;
+        left -= n;
+    }
+    Ok(())
 }
 
 impl Drop for PartialOutput {

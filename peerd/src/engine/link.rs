@@ -136,7 +136,14 @@ impl SchedulerLink {
     {
         let mut last = Status::unavailable("no scheduler configured");
         for scheduler in self.order(task) {
-            match f(scheduler.client.clone(), timeout).await {
+            let mut result = f(scheduler.client.clone(), timeout).await;
+            if matches!(&result, Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("has not announced"))
+            {
+                // The scheduler restarted or has not heard from us yet.
+                self.announce_to(scheduler).await;
+                result = f(scheduler.client.clone(), timeout).await;
+            }
+            match result {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if unreachable(&status) => {
                     tracing::debug!(scheduler = %scheduler.addr, "scheduler unreachable: {}", status.message());
@@ -338,6 +345,20 @@ impl SchedulerLink {
             }
         }
         (resync, keepalive)
+    }
+
+    async fn announce_to(&self, scheduler: &Endpointed) {
+        let req = AnnounceHostRequest {
+            host: Some(self.host_info()),
+        };
+        if let Err(e) = scheduler
+            .client
+            .clone()
+            .announce_host(timed(req, CALL_TIMEOUT))
+            .await
+        {
+            tracing::warn!(scheduler = %scheduler.addr, "cannot announce this host: {}", e.message());
+        }
     }
 
     pub async fn leave_host(&self) {

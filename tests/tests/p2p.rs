@@ -1,0 +1,143 @@
+//! Five peers download the same file at once through a seed; the origin
+//! serves it about once, and a repeat download costs the origin nothing.
+
+use std::time::Duration;
+use tests::{Cluster, Origin, sha256_file, wait_until, write_random_file};
+
+const SIZE: usize = 64 << 20;
+
+#[test]
+fn five_peers_share_one_origin_copy() {
+    let cluster = Cluster::start(true, 5);
+    let root = cluster.dir.path().join("origin");
+    std::fs::create_dir_all(&root).unwrap();
+    let expected = write_random_file(&root.join("big.bin"), SIZE);
+    let origin = Origin::start(&root, &[]);
+    let url = origin.url("big.bin");
+
+    let outputs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cluster
+            .peers
+            .iter()
+            .map(|peer| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let out = peer.dir.join("big.out");
+                    let result = peer.dfget(&url, &out, &[]);
+                    (out, result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (out, result) in &outputs {
+        assert!(
+            result.status.success(),
+            "dfget failed: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(
+            sha256_file(out),
+            expected,
+            "{} differs from the origin",
+            out.display()
+        );
+    }
+    let served = origin.bytes_served();
+    assert!(
+        served as f64 <= 1.05 * SIZE as f64,
+        "origin served {served} bytes for a {SIZE}-byte file: {:.2} copies",
+        served as f64 / SIZE as f64
+    );
+    let from_peers: f64 = cluster
+        .peers
+        .iter()
+        .map(|p| p.metric("dffs_download_bytes_total", "source=\"peer\""))
+        .sum();
+    assert!(
+        from_peers >= 4.0 * SIZE as f64,
+        "peers fetched only {from_peers} bytes from other peers"
+    );
+
+    // Everyone has it now: a second download is local, so the origin sees
+    // no new request at all (not even a HEAD).
+    let requests = origin.requests();
+    for peer in &cluster.peers {
+        let out = peer.dir.join("again.out");
+        let result = peer.dfget(&url, &out, &[]);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(sha256_file(&out), expected);
+    }
+    assert_eq!(
+        origin.bytes_served(),
+        served,
+        "repeat downloads reached the origin"
+    );
+    assert_eq!(
+        origin.requests(),
+        requests,
+        "repeat downloads sent requests to the origin"
+    );
+    let local = cluster.peers[0].metric("dffs_download_bytes_total", "source=\"local\"");
+    assert_eq!(
+        local, SIZE as f64,
+        "a repeat download is served from the local cache"
+    );
+}
+
+#[test]
+fn peers_without_a_seed_still_share() {
+    let cluster = Cluster::start(false, 3);
+    let root = cluster.dir.path().join("origin");
+    std::fs::create_dir_all(&root).unwrap();
+    let size = 8 << 20;
+    let expected = write_random_file(&root.join("f.bin"), size);
+    let origin = Origin::start(&root, &[]);
+    let url = origin.url("f.bin");
+    for peer in &cluster.peers {
+        let out = peer.dir.join("f.out");
+        let result = peer.dfget(&url, &out, &[]);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(sha256_file(&out), expected);
+    }
+    assert_eq!(
+        origin.bytes_served(),
+        size as u64,
+        "only the first peer went to the origin"
+    );
+}
+
+#[test]
+fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
+    let cluster = Cluster::start(true, 2);
+    let root = cluster.dir.path().join("origin");
+    std::fs::create_dir_all(&root).unwrap();
+    let size = (5 << 20) + 12345;
+    let expected = write_random_file(&root.join("norange.bin"), size);
+    let origin = Origin::start(&root, &["--ignore-range"]);
+    let url = origin.url("norange.bin");
+    for peer in &cluster.peers {
+        let out = peer.dir.join("norange.out");
+        let result = peer.dfget(&url, &out, &[]);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(sha256_file(&out), expected);
+    }
+    let served = origin.bytes_served();
+    assert!(
+        served <= 2 * size as u64,
+        "origin streamed the object {served} bytes, more than twice"
+    );
+    wait_until("metrics", Duration::from_secs(1), || true);
+}
