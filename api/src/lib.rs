@@ -9,6 +9,7 @@
 //! - [`uds`]: a gRPC channel over a Unix socket.
 //! - [`telemetry`]: logging and the Prometheus `/metrics` endpoint.
 
+pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod piece;

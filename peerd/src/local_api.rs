@@ -110,6 +110,7 @@ impl Peer for LocalApi {
             .map_err(status)?;
         Ok(Response::new(EnsureRangeResponse {
             complete: task.is_complete(),
+            content_path: task.file.content_path().to_string_lossy().into_owned(),
         }))
     }
 }

@@ -8,6 +8,7 @@
 
 mod output;
 
+use api::cli::{Failure, exit, fail, from_status, parse_headers};
 use api::digest::FileDigest;
 use api::proto::peer_client::PeerClient;
 use api::proto::{DownloadRequest, Header, TaskSource};
@@ -17,7 +18,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use output::PartialOutput;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use tonic::Code;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,30 +54,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// A failure, with the exit code it maps to and one line for the user.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-/// Exit codes, so scripts can tell failures apart.
-pub mod exit {
-    pub const USAGE: i32 = 2;
-    pub const PEERD_UNREACHABLE: i32 = 3;
-    pub const ORIGIN: i32 = 4;
-    pub const DIGEST_MISMATCH: i32 = 5;
-    pub const OUTPUT: i32 = 6;
-    pub const OTHER: i32 = 1;
-}
-
-fn fail(code: i32, message: impl Into<String>) -> Failure {
-    Failure {
-        code,
-        message: message.into(),
-    }
-}
-
 pub async fn run(args: Args) -> Result<(), Failure> {
     let id = TaskId::from_source(&args.url, &args.tag, &args.application)
         .map_err(|e| fail(exit::USAGE, e.to_string()))?;
@@ -98,41 +74,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
 }
 
-fn parse_headers(raw: &[String]) -> Result<Vec<Header>, Failure> {
-    raw.iter()
-        .map(|h| {
-            let (name, value) = h
-                .split_once(':')
-                .filter(|(n, _)| !n.trim().is_empty())
-                .ok_or_else(|| {
-                    fail(
-                        exit::USAGE,
-                        format!("invalid header '{h}': expected 'Name: value'"),
-                    )
-                })?;
-            Ok(Header {
-                name: name.trim().to_string(),
-                value: value.trim().to_string(),
-            })
-        })
-        .collect()
-}
-
 async fn download(
     args: &Args,
     headers: Vec<Header>,
     partial: &mut PartialOutput,
 ) -> Result<(), Failure> {
-    let channel = api::uds::connect(&args.socket).await.map_err(|e| {
-        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-        fail(
-            exit::PEERD_UNREACHABLE,
-            format!(
-                "cannot reach peerd at {} ({why}); is peerd running? Start it, or point --socket at its socket",
-                args.socket.display()
-            ),
-        )
-    })?;
+    let channel = api::uds::connect(&args.socket)
+        .await
+        .map_err(|e| api::cli::peerd_unreachable(&args.socket, &e))?;
     let mut client = PeerClient::new(channel).max_decoding_message_size(64 << 20);
     let request = DownloadRequest {
         source: Some(TaskSource {
@@ -205,33 +154,4 @@ fn progress_bar(quiet: bool) -> ProgressBar {
         .progress_chars("=> "),
     );
     bar
-}
-
-/// A status from peerd as one line with a hint of what to do.
-fn from_status(status: &tonic::Status, url: &str) -> Failure {
-    let message = status.message();
-    match status.code() {
-        Code::NotFound => fail(exit::ORIGIN, format!("{message}; check the URL")),
-        Code::PermissionDenied => fail(
-            exit::ORIGIN,
-            format!("{message}; check the credentials sent with -H"),
-        ),
-        Code::InvalidArgument => fail(exit::USAGE, message.to_string()),
-        Code::ResourceExhausted => fail(exit::OUTPUT, message.to_string()),
-        Code::Unavailable if message.contains("origin") => fail(
-            exit::ORIGIN,
-            format!("{message}; check that the origin is up and reachable"),
-        ),
-        Code::Unavailable | Code::Unknown
-            if message.contains("transport") || message.contains("connect") =>
-        {
-            fail(
-                exit::PEERD_UNREACHABLE,
-                format!(
-                    "lost the connection to peerd while downloading {url} ({message}); is peerd still running?"
-                ),
-            )
-        }
-        _ => fail(exit::OTHER, format!("downloading {url} failed: {message}")),
-    }
 }

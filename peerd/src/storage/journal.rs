@@ -51,8 +51,11 @@ impl Journal {
     }
 }
 
+/// Pieces to commit, per task file (keyed by the file's address).
+type Batch = HashMap<usize, (Arc<TaskFile>, Vec<(u32, PieceDigest)>)>;
+
 fn run(rx: Receiver<Entry>) {
-    let mut batch: HashMap<usize, (Arc<TaskFile>, Vec<(u32, PieceDigest)>)> = HashMap::new();
+    let mut batch = Batch::new();
     let mut barriers = Vec::new();
     while let Ok(first) = rx.recv() {
         let deadline = Instant::now() + BATCH_WINDOW;

@@ -1,0 +1,195 @@
+//! The inode table: one inode per task-id this mount has seen.
+//!
+//! Task content never changes, so what is learnt about a task (its length,
+//! which pieces are present) stays true, and is kept here to answer reads
+//! without asking peerd again.
+
+use api::piece::{Bitmap, Layout};
+use api::proto::TaskInfo;
+use api::task::TaskId;
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const ROOT_INO: u64 = 1;
+
+pub struct Node {
+    pub ino: u64,
+    pub id: TaskId,
+    pub layout: Layout,
+    pub mtime: SystemTime,
+    content_path: Mutex<String>,
+    content: Mutex<Option<Arc<File>>>,
+    present: Mutex<Bitmap>,
+    complete: AtomicBool,
+    /// How the inode is open; the kernel forbids mixing the two modes.
+    pub io: Mutex<IoMode>,
+}
+
+/// Open handles of an inode. The kernel refuses (EIO) a passthrough open
+/// while cached opens exist and the other way round, so a task that
+/// completes while open keeps being served through dffs until every handle
+/// of it is closed.
+#[derive(Default)]
+pub struct IoMode {
+    pub cached: u32,
+    /// The backing registration, and how many handles use it.
+    pub passthrough: Option<(Arc<fuser::BackingId>, u32)>,
+}
+
+impl Node {
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// Records what peerd said about the task.
+    pub fn learn(&self, info: &TaskInfo) {
+        if !info.content_path.is_empty() {
+            *self.content_path.lock().unwrap_or_else(|e| e.into_inner()) = info.content_path.clone();
+        }
+        if info.complete {
+            self.mark_complete();
+        }
+    }
+
+    pub fn set_content_path(&self, path: &str) {
+        if !path.is_empty() {
+            *self.content_path.lock().unwrap_or_else(|e| e.into_inner()) = path.to_string();
+        }
+    }
+
+    pub fn mark_complete(&self) {
+        self.complete.store(true, Ordering::Release);
+    }
+
+    pub fn mark_present(&self, pieces: Range<u32>) {
+        let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        for n in pieces {
+            present.set(n);
+        }
+        if present.is_full() {
+            self.mark_complete();
+        }
+    }
+
+    /// Whether every piece of `pieces` is known to be present.
+    pub fn has_all(&self, pieces: Range<u32>) -> bool {
+        if self.is_complete() {
+            return true;
+        }
+        let present = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        pieces.into_iter().all(|n| present.get(n))
+    }
+
+    /// peerd's content file, opened read-only once and shared.
+    pub fn content(&self) -> std::io::Result<Arc<File>> {
+        let mut slot = self.content.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = slot.as_ref() {
+            return Ok(file.clone());
+        }
+        let path = self.content_path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if path.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "peerd has not created the content file yet"));
+        }
+        let file = Arc::new(File::open(&path)?);
+        *slot = Some(file.clone());
+        Ok(file)
+    }
+
+    pub fn attr(&self, uid: u32, gid: u32) -> fuser::FileAttr {
+        fuser::FileAttr {
+            ino: fuser::INodeNo(self.ino),
+            size: self.layout.content_length,
+            blocks: self.layout.content_length.div_ceil(512),
+            atime: self.mtime,
+            mtime: self.mtime,
+            ctime: self.mtime,
+            crtime: self.mtime,
+            kind: fuser::FileType::RegularFile,
+            perm: 0o444,
+            nlink: 1,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Nodes {
+    by_ino: RwLock<HashMap<u64, Arc<Node>>>,
+    by_id: RwLock<HashMap<TaskId, u64>>,
+    next: AtomicU64,
+}
+
+/// Why a task's metadata was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("peerd sent unusable metadata for task {id}: {reason}")]
+pub struct BadInfo {
+    pub id: TaskId,
+    pub reason: String,
+}
+
+impl Nodes {
+    pub fn new() -> Nodes {
+        Nodes {
+            next: AtomicU64::new(ROOT_INO + 1),
+            ..Default::default()
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.by_ino.read().unwrap_or_else(|e| e.into_inner()).get(&ino).cloned()
+    }
+
+    pub fn by_id(&self, id: &TaskId) -> Option<Arc<Node>> {
+        let ino = *self.by_id.read().unwrap_or_else(|e| e.into_inner()).get(id)?;
+        self.get(ino)
+    }
+
+    /// The node of the task `info` describes, created on first sight.
+    pub fn insert(&self, info: &TaskInfo) -> Result<Arc<Node>, BadInfo> {
+        let meta = info.meta.clone().unwrap_or_default();
+        let id: TaskId = meta.task_id.parse().map_err(|e: api::task::TaskError| BadInfo {
+            id: TaskId::from_bytes([0; 32]),
+            reason: e.to_string(),
+        })?;
+        if let Some(node) = self.by_id(&id) {
+            node.learn(info);
+            return Ok(node);
+        }
+        let layout = Layout::new(meta.content_length, meta.piece_length).map_err(|e| BadInfo {
+            id,
+            reason: e.to_string(),
+        })?;
+        let mtime = httpdate::parse_http_date(&meta.last_modified).unwrap_or(UNIX_EPOCH);
+        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&ino) = by_id.get(&id) {
+            drop(by_id);
+            let node = self.get(ino).expect("inode tables agree");
+            node.learn(info);
+            return Ok(node);
+        }
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        let node = Arc::new(Node {
+            ino,
+            id,
+            layout,
+            mtime,
+            content_path: Mutex::new(String::new()),
+            content: Mutex::new(None),
+            present: Mutex::new(Bitmap::new(layout.piece_count())),
+            complete: AtomicBool::new(layout.piece_count() == 0),
+            io: Mutex::new(IoMode::default()),
+        });
+        node.learn(info);
+        by_id.insert(id, ino);
+        self.by_ino.write().unwrap_or_else(|e| e.into_inner()).insert(ino, node.clone());
+        Ok(node)
+    }
+}
