@@ -36,7 +36,12 @@ pub fn parse_headers(raw: &[String]) -> Result<Vec<Header>, Failure> {
             let (name, value) = h
                 .split_once(':')
                 .filter(|(n, _)| !n.trim().is_empty())
-                .ok_or_else(|| fail(exit::USAGE, format!("invalid header '{h}': expected 'Name: value'")))?;
+                .ok_or_else(|| {
+                    fail(
+                        exit::USAGE,
+                        format!("invalid header '{h}': expected 'Name: value'"),
+                    )
+                })?;
             Ok(Header {
                 name: name.trim().to_string(),
                 value: value.trim().to_string(),
@@ -77,7 +82,9 @@ pub fn from_status(status: &tonic::Status, url: &str) -> Failure {
         {
             fail(
                 exit::PEERD_UNREACHABLE,
-                format!("lost the connection to peerd while working on {url} ({message}); is peerd still running?"),
+                format!(
+                    "lost the connection to peerd while working on {url} ({message}); is peerd still running?"
+                ),
             )
         }
         _ => fail(exit::OTHER, format!("{url}: {message}")),
@@ -102,7 +109,10 @@ mod tests {
 
     #[test]
     fn origin_errors_get_a_hint() {
-        let f = from_status(&tonic::Status::not_found("origin returned 404 Not Found for u"), "u");
+        let f = from_status(
+            &tonic::Status::not_found("origin returned 404 Not Found for u"),
+            "u",
+        );
         assert_eq!(f.code, exit::ORIGIN);
         assert!(f.message.ends_with("check the URL"));
     }

@@ -16,7 +16,11 @@ pub enum ClientError {
     #[error("task {0} is unknown to the cluster")]
     NotFound(TaskId),
     #[error("no answer from peerd at {socket} within {seconds:.1}s: {last}")]
-    TimedOut { socket: PathBuf, seconds: f64, last: String },
+    TimedOut {
+        socket: PathBuf,
+        seconds: f64,
+        last: String,
+    },
     #[error("peerd failed: {0}")]
     Failed(String),
 }
@@ -42,7 +46,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 impl Peerd {
     pub fn new(socket: &Path) -> Peerd {
         Peerd {
-            client: PeerClient::new(api::uds::connect_lazy(socket)).max_decoding_message_size(64 << 20),
+            client: PeerClient::new(api::uds::connect_lazy(socket))
+                .max_decoding_message_size(64 << 20),
             socket: socket.to_path_buf(),
         }
     }
@@ -78,18 +83,22 @@ impl Peerd {
     fn error(&self, id: Option<TaskId>, status: Status, started: Instant) -> ClientError {
         match (status.code(), id) {
             (Code::NotFound, Some(id)) => ClientError::NotFound(id),
-            (Code::DeadlineExceeded | Code::Unavailable | Code::Unknown | Code::Cancelled, _) => ClientError::TimedOut {
-                socket: self.socket.clone(),
-                seconds: started.elapsed().as_secs_f64(),
-                last: status.message().to_string(),
-            },
+            (Code::DeadlineExceeded | Code::Unavailable | Code::Unknown | Code::Cancelled, _) => {
+                ClientError::TimedOut {
+                    socket: self.socket.clone(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    last: status.message().to_string(),
+                }
+            }
             _ => ClientError::Failed(status.message().to_string()),
         }
     }
 
     pub async fn stat(&self, id: TaskId, timeout: Duration) -> Result<TaskInfo, ClientError> {
         let started = Instant::now();
-        let req = StatLocalTaskRequest { task_id: id.to_string() };
+        let req = StatLocalTaskRequest {
+            task_id: id.to_string(),
+        };
         self.call(started + timeout, |mut c, t| {
             let req = timed(req.clone(), t);
             async move { c.stat_task(req).await }
@@ -100,10 +109,12 @@ impl Peerd {
 
     pub async fn list(&self, timeout: Duration) -> Result<Vec<TaskInfo>, ClientError> {
         let started = Instant::now();
-        self.call(started + timeout, |mut c, t| async move { c.list_tasks(timed(Empty {}, t)).await })
-            .await
-            .map(|r| r.tasks)
-            .map_err(|s| self.error(None, s, started))
+        self.call(started + timeout, |mut c, t| async move {
+            c.list_tasks(timed(Empty {}, t)).await
+        })
+        .await
+        .map(|r| r.tasks)
+        .map_err(|s| self.error(None, s, started))
     }
 
     /// Makes `length` bytes from `offset` present in peerd's cache.
@@ -131,10 +142,19 @@ impl Peerd {
     }
 
     /// Registers a URL without downloading it (`dffs add`).
-    pub async fn register(&self, source: TaskSource, timeout: Duration) -> Result<TaskInfo, Status> {
-        let req = RegisterTaskRequest { source: Some(source) };
+    pub async fn register(
+        &self,
+        source: TaskSource,
+        timeout: Duration,
+    ) -> Result<TaskInfo, Status> {
+        let req = RegisterTaskRequest {
+            source: Some(source),
+        };
         let mut client = self.client.clone();
-        client.register_task(timed(req, timeout)).await.map(tonic::Response::into_inner)
+        client
+            .register_task(timed(req, timeout))
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 
@@ -147,5 +167,7 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 /// Connection failures (peerd down), as opposed to answers.
 fn unreachable(status: &Status) -> bool {
     status.code() == Code::Unavailable
-        && (std::error::Error::source(status).is_some() || status.message().contains("transport") || status.message().contains("connect"))
+        && (std::error::Error::source(status).is_some()
+            || status.message().contains("transport")
+            || status.message().contains("connect"))
 }

@@ -92,16 +92,22 @@ impl DffsFs {
             *users += 1;
             return Some(id.clone());
         }
-        let eligible = self.passthrough.load(Ordering::Relaxed) && node.is_complete() && io.cached == 0;
-        let backing = eligible.then(|| node.content().ok()).flatten().and_then(|file| {
-            reply
-                .open_backing(&*file)
-                .inspect_err(|e| {
-                    tracing::warn!("FUSE passthrough refused ({e}); serving reads through dffs instead");
-                    self.passthrough.store(false, Ordering::Relaxed);
-                })
-                .ok()
-        });
+        let eligible =
+            self.passthrough.load(Ordering::Relaxed) && node.is_complete() && io.cached == 0;
+        let backing = eligible
+            .then(|| node.content().ok())
+            .flatten()
+            .and_then(|file| {
+                reply
+                    .open_backing(&*file)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "FUSE passthrough refused ({e}); serving reads through dffs instead"
+                        );
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    })
+                    .ok()
+            });
         match backing {
             Some(id) => {
                 let id = Arc::new(id);
@@ -128,21 +134,27 @@ fn record_read(bytes: usize, hit: bool, started: Instant) {
     metrics::counter!("dffs_fs_read_bytes_total").increment(bytes as u64);
     let outcome = if hit { "hit" } else { "miss" };
     metrics::counter!("dffs_fs_read_outcomes_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("dffs_fs_read_seconds", "outcome" => outcome).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("dffs_fs_read_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
 }
 
 impl Filesystem for DffsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_readahead(self.settings.readahead_max.min(u64::from(u32::MAX)) as u32);
+        let _ =
+            config.set_max_readahead(self.settings.readahead_max.min(u64::from(u32::MAX)) as u32);
         // Raises the pages per request, so reads arrive in 1 MiB requests.
         let _ = config.set_max_write(1 << 20);
         if self.settings.passthrough {
             let accepted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
             if accepted {
-                tracing::info!("FUSE passthrough available: complete tasks are read at native speed");
+                tracing::info!(
+                    "FUSE passthrough available: complete tasks are read at native speed"
+                );
             } else {
-                tracing::info!("the kernel offers no FUSE passthrough; complete tasks are served through dffs");
+                tracing::info!(
+                    "the kernel offers no FUSE passthrough; complete tasks are served through dffs"
+                );
             }
             self.passthrough.store(accepted, Ordering::Relaxed);
         }
@@ -158,7 +170,11 @@ impl Filesystem for DffsFs {
         if let Some(node) = self.nodes.by_id(&id) {
             return reply.entry(&ENTRY_TTL, &node.attr(uid, gid), Generation(0));
         }
-        let (nodes, peerd, timeout) = (self.nodes.clone(), self.peerd.clone(), self.settings.timeout);
+        let (nodes, peerd, timeout) = (
+            self.nodes.clone(),
+            self.peerd.clone(),
+            self.settings.timeout,
+        );
         self.runtime.spawn(async move {
             match peerd.stat(id, timeout).await {
                 Ok(info) => match nodes.insert(&info) {
@@ -235,7 +251,13 @@ impl Filesystem for DffsFs {
         let len = (u64::from(size)).min(length - offset);
         let pieces = node.layout.pieces_covering(offset, len);
         if let Some(window) = self.handles.advance(fh.0, offset, offset + len, length) {
-            crate::readahead::prefetch(&self.runtime, &self.peerd, &node, window, self.settings.timeout);
+            crate::readahead::prefetch(
+                &self.runtime,
+                &self.peerd,
+                &node,
+                window,
+                self.settings.timeout,
+            );
         }
         if node.has_all(pieces.clone()) {
             match read_at(&node, offset, len as usize) {
@@ -243,7 +265,9 @@ impl Filesystem for DffsFs {
                     record_read(buf.len(), true, started);
                     return reply.data(&buf);
                 }
-                Err(e) => tracing::warn!(task = %node.id, "reading the cached copy failed, asking peerd: {e}"),
+                Err(e) => {
+                    tracing::warn!(task = %node.id, "reading the cached copy failed, asking peerd: {e}")
+                }
             }
         }
         let (peerd, timeout) = (self.peerd.clone(), self.settings.timeout);
@@ -303,11 +327,22 @@ impl Filesystem for DffsFs {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
-        let (nodes, peerd, timeout) = (self.nodes.clone(), self.peerd.clone(), self.settings.timeout);
+        let (nodes, peerd, timeout) = (
+            self.nodes.clone(),
+            self.peerd.clone(),
+            self.settings.timeout,
+        );
         self.runtime.spawn(async move {
             let tasks = match peerd.list(timeout).await {
                 Ok(tasks) => tasks,
@@ -327,7 +362,8 @@ impl Filesystem for DffsFs {
                 .collect();
             files.sort_by_key(|(ino, _, _)| *ino);
             entries.extend(files);
-            for (index, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            for (index, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
+            {
                 if reply.add(INodeNo(ino), (index + 1) as u64, kind, name) {
                     break;
                 }
@@ -336,11 +372,25 @@ impl Filesystem for DffsFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         reply.error(Errno::ENODATA);
     }
 

@@ -144,7 +144,8 @@ fn main() {
 fn mount_helper(helper: MountHelper) -> Result<(), Failure> {
     let mut args = MountArgs::new(helper.mountpoint);
     if let Some(options) = &helper.options {
-        args.apply_options(options).map_err(|e| fail(exit::USAGE, e))?;
+        args.apply_options(options)
+            .map_err(|e| fail(exit::USAGE, e))?;
     }
     run_mount(args)
 }
@@ -153,8 +154,15 @@ fn run_mount(args: MountArgs) -> Result<(), Failure> {
     mount::mount(args).map_err(|e| fail(exit::OTHER, format!("{e:#}")))
 }
 
-fn add(url: String, socket: PathBuf, headers: Vec<String>, tag: String, application: String) -> Result<(), Failure> {
-    api::task::TaskId::from_source(&url, &tag, &application).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+fn add(
+    url: String,
+    socket: PathBuf,
+    headers: Vec<String>,
+    tag: String,
+    application: String,
+) -> Result<(), Failure> {
+    api::task::TaskId::from_source(&url, &tag, &application)
+        .map_err(|e| fail(exit::USAGE, e.to_string()))?;
     let source = TaskSource {
         url: url.clone(),
         headers: api::cli::parse_headers(&headers)?,

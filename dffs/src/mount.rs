@@ -53,21 +53,58 @@ impl MountArgs {
             let bad = |what: &str| format!("mount option '{option}': {what}");
             match key {
                 "socket" if !value.is_empty() => self.socket = PathBuf::from(value),
-                "timeout" => self.timeout = value.parse().ok().filter(|t: &f64| *t > 0.0).ok_or_else(|| bad("expected seconds > 0"))?,
-                "readahead_mib" => self.readahead_mib = value.parse().map_err(|_| bad("expected a number of MiB"))?,
-                "read_ahead_kb" => self.read_ahead_kb = value.parse().map_err(|_| bad("expected a number of KiB"))?,
+                "timeout" => {
+                    self.timeout = value
+                        .parse()
+                        .ok()
+                        .filter(|t: &f64| *t > 0.0)
+                        .ok_or_else(|| bad("expected seconds > 0"))?
+                }
+                "readahead_mib" => {
+                    self.readahead_mib =
+                        value.parse().map_err(|_| bad("expected a number of MiB"))?
+                }
+                "read_ahead_kb" => {
+                    self.read_ahead_kb =
+                        value.parse().map_err(|_| bad("expected a number of KiB"))?
+                }
                 "passthrough" => self.passthrough = !matches!(value, "0" | "false" | "no" | "off"),
                 "nopassthrough" => self.passthrough = false,
                 "metrics_addr" if value.is_empty() || value == "none" => self.metrics_addr = None,
-                "metrics_addr" => self.metrics_addr = Some(value.parse().map_err(|_| bad("expected IP:PORT or none"))?),
+                "metrics_addr" => {
+                    self.metrics_addr =
+                        Some(value.parse().map_err(|_| bad("expected IP:PORT or none"))?)
+                }
                 "log_file" if !value.is_empty() => self.log_file = Some(PathBuf::from(value)),
                 "foreground" => self.foreground = true,
                 // Passed by mount(8) or fstab; meaningless or implied here.
-                "rw" | "ro" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "nofail"
-                | "_netdev" | "nosuid" | "suid" | "nodev" | "dev" | "exec" | "noexec" | "atime"
-                | "noatime" | "relatime" | "allow_other" | "default_permissions" => {}
+                "rw"
+                | "ro"
+                | "defaults"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "nouser"
+                | "users"
+                | "nofail"
+                | "_netdev"
+                | "nosuid"
+                | "suid"
+                | "nodev"
+                | "dev"
+                | "exec"
+                | "noexec"
+                | "atime"
+                | "noatime"
+                | "relatime"
+                | "allow_other"
+                | "default_permissions" => {}
                 _ if key.starts_with("x-") || key.starts_with("comment=") => {}
-                _ => return Err(bad("unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, metrics_addr, log_file")),
+                _ => {
+                    return Err(bad(
+                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, metrics_addr, log_file",
+                    ));
+                }
             }
         }
         Ok(())
@@ -76,9 +113,17 @@ impl MountArgs {
 
 /// Mounts and serves until unmounted.
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
-    let mountpoint = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {} does not exist; create it first", args.mountpoint.display()))?;
-    anyhow::ensure!(mountpoint.is_dir(), "mount point {} is not a directory", mountpoint.display());
+    let mountpoint = std::fs::canonicalize(&args.mountpoint).with_context(|| {
+        format!(
+            "mount point {} does not exist; create it first",
+            args.mountpoint.display()
+        )
+    })?;
+    anyhow::ensure!(
+        mountpoint.is_dir(),
+        "mount point {} is not a directory",
+        mountpoint.display()
+    );
     if args.foreground {
         api::telemetry::init_logging("info");
         return serve(&args, &mountpoint, None);
@@ -157,7 +202,9 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
         Err(e) => {
             let message = format!("cannot mount dffs at {}: {e}", mountpoint.display());
             if let Some(pipe) = report.as_mut() {
-                let _ = pipe.write_all(&[1]).and_then(|()| pipe.write_all(message.as_bytes()));
+                let _ = pipe
+                    .write_all(&[1])
+                    .and_then(|()| pipe.write_all(message.as_bytes()));
             }
             anyhow::bail!(message);
         }
@@ -212,7 +259,10 @@ fn detach(log_file: Option<&Path>) -> anyhow::Result<()> {
 /// this very process to answer it.
 fn set_bdi_read_ahead(mountpoint: &Path, kb: u32) {
     let Some(device) = mount_device(mountpoint) else {
-        tracing::info!("cannot find {} in /proc/self/mountinfo; the kernel's default read-ahead applies", mountpoint.display());
+        tracing::info!(
+            "cannot find {} in /proc/self/mountinfo; the kernel's default read-ahead applies",
+            mountpoint.display()
+        );
         return;
     };
     let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
@@ -225,13 +275,10 @@ fn set_bdi_read_ahead(mountpoint: &Path, kb: u32) {
 fn mount_device(mountpoint: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = mountpoint.to_str()?;
-    table
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields.get(4) == Some(&wanted)).then(|| fields.get(2).map(|d| d.to_string()))?
-        })
-        .last()
+    table.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (fields.get(4) == Some(&wanted)).then(|| fields.get(2).map(|d| d.to_string()))?
+    })
 }
 
 #[cfg(test)]
@@ -241,8 +288,10 @@ mod tests {
     #[test]
     fn options_from_mount_are_understood() {
         let mut args = MountArgs::new(PathBuf::from("/dfly"));
-        args.apply_options("rw,socket=/run/x.sock,timeout=2.5,nosuid,x-systemd.automount,metrics_addr=none")
-            .unwrap();
+        args.apply_options(
+            "rw,socket=/run/x.sock,timeout=2.5,nosuid,x-systemd.automount,metrics_addr=none",
+        )
+        .unwrap();
         assert_eq!(args.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(args.timeout, 2.5);
         assert_eq!(args.metrics_addr, None);

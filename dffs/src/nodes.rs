@@ -48,7 +48,8 @@ impl Node {
     /// Records what peerd said about the task.
     pub fn learn(&self, info: &TaskInfo) {
         if !info.content_path.is_empty() {
-            *self.content_path.lock().unwrap_or_else(|e| e.into_inner()) = info.content_path.clone();
+            *self.content_path.lock().unwrap_or_else(|e| e.into_inner()) =
+                info.content_path.clone();
         }
         if info.complete {
             self.mark_complete();
@@ -90,9 +91,16 @@ impl Node {
         if let Some(file) = slot.as_ref() {
             return Ok(file.clone());
         }
-        let path = self.content_path.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let path = self
+            .content_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if path.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "peerd has not created the content file yet"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "peerd has not created the content file yet",
+            ));
         }
         let file = Arc::new(File::open(&path)?);
         *slot = Some(file.clone());
@@ -144,21 +152,32 @@ impl Nodes {
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.by_ino.read().unwrap_or_else(|e| e.into_inner()).get(&ino).cloned()
+        self.by_ino
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
     }
 
     pub fn by_id(&self, id: &TaskId) -> Option<Arc<Node>> {
-        let ino = *self.by_id.read().unwrap_or_else(|e| e.into_inner()).get(id)?;
+        let ino = *self
+            .by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)?;
         self.get(ino)
     }
 
     /// The node of the task `info` describes, created on first sight.
     pub fn insert(&self, info: &TaskInfo) -> Result<Arc<Node>, BadInfo> {
         let meta = info.meta.clone().unwrap_or_default();
-        let id: TaskId = meta.task_id.parse().map_err(|e: api::task::TaskError| BadInfo {
-            id: TaskId::from_bytes([0; 32]),
-            reason: e.to_string(),
-        })?;
+        let id: TaskId = meta
+            .task_id
+            .parse()
+            .map_err(|e: api::task::TaskError| BadInfo {
+                id: TaskId::from_bytes([0; 32]),
+                reason: e.to_string(),
+            })?;
         if let Some(node) = self.by_id(&id) {
             node.learn(info);
             return Ok(node);
@@ -189,7 +208,10 @@ impl Nodes {
         });
         node.learn(info);
         by_id.insert(id, ino);
-        self.by_ino.write().unwrap_or_else(|e| e.into_inner()).insert(ino, node.clone());
+        self.by_ino
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, node.clone());
         Ok(node)
     }
 }

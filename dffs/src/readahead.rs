@@ -50,7 +50,10 @@ impl Handles {
             window: 0,
             prefetched_until: 0,
         };
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, handle);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, handle);
         fh
     }
 
@@ -91,15 +94,26 @@ impl Handles {
 }
 
 /// Asks peerd for `range` at prefetch priority, without anyone waiting.
-pub fn prefetch(runtime: &tokio::runtime::Handle, peerd: &Peerd, node: &Arc<Node>, range: Range<u64>, timeout: Duration) {
-    let pieces = node.layout.pieces_covering(range.start, range.end - range.start);
+pub fn prefetch(
+    runtime: &tokio::runtime::Handle,
+    peerd: &Peerd,
+    node: &Arc<Node>,
+    range: Range<u64>,
+    timeout: Duration,
+) {
+    let pieces = node
+        .layout
+        .pieces_covering(range.start, range.end - range.start);
     if node.has_all(pieces.clone()) {
         return;
     }
     let (peerd, node) = (peerd.clone(), node.clone());
     runtime.spawn(async move {
         let length = range.end - range.start;
-        match peerd.ensure(node.id, range.start, length, Priority::Prefetch, timeout).await {
+        match peerd
+            .ensure(node.id, range.start, length, Priority::Prefetch, timeout)
+            .await
+        {
             Ok(response) => {
                 node.set_content_path(&response.content_path);
                 node.mark_present(pieces);
@@ -125,8 +139,14 @@ mod tests {
         let first = handles.advance(fh, 0, MIB, 1 << 30).unwrap();
         assert_eq!(first, MIB..3 * MIB);
         // Inside the window already fetched: nothing new yet.
-        assert_eq!(handles.advance(fh, MIB, MIB + 4096, 1 << 30), Some(3 * MIB..MIB + 4096 + 4 * MIB));
-        assert_eq!(handles.advance(fh, 500 * MIB, 500 * MIB + 4096, 1 << 30), None);
+        assert_eq!(
+            handles.advance(fh, MIB, MIB + 4096, 1 << 30),
+            Some(3 * MIB..MIB + 4096 + 4 * MIB)
+        );
+        assert_eq!(
+            handles.advance(fh, 500 * MIB, 500 * MIB + 4096, 1 << 30),
+            None
+        );
         assert_eq!(handles.advance(fh, 7 * MIB, 7 * MIB + 4096, 1 << 30), None);
     }
 

@@ -55,7 +55,7 @@ impl Peer for LocalApi {
             .await
             .map_err(status)?;
         if task.is_complete() {
-            metrics::counter!("dffs_download_bytes_total", "source" => "local")
+            metrics::counter!("dffs_download_bytes_total", "source" => "local", "priority" => "bulk")
                 .increment(task.layout.content_length);
         }
         let (tx, rx) = mpsc::channel(16);

@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`);
 //! they are looked up next to the test executable.
 
+pub mod fuse;
 pub mod origin;
 pub mod tamper;
 
@@ -209,15 +210,38 @@ impl Peer {
     /// One value of this daemon's Prometheus metrics, summed over labels
     /// that contain `labels` (e.g. `source="peer"`).
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text =
-            http_get(&format!("127.0.0.1:{}", self.metrics_port), "/metrics").unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(self.metrics_port, name, labels)
     }
+
+    /// Registers `url` with `dffs add` through this peer; returns the task-id.
+    pub fn dffs_add(&self, url: &str) -> String {
+        let out = Command::new(bin("dffs"))
+            .args(["add", url, "--socket"])
+            .arg(&self.socket)
+            .output()
+            .expect("run dffs add");
+        assert!(
+            out.status.success(),
+            "dffs add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 task-id")
+            .trim()
+            .to_string()
+    }
+}
+
+/// One Prometheus value from the metrics at 127.0.0.1:`port`, summed over
+/// the series whose labels contain `labels` (e.g. `source="peer"`).
+pub fn metric_at(port: u16, name: &str, labels: &str) -> f64 {
+    let text = http_get(&format!("127.0.0.1:{port}"), "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A minimal HTTP/1.0 GET, enough to read metrics and origin stats.

@@ -82,8 +82,8 @@ async fn fetch_piece(
         let fallback_to_origin = root_failures >= ROOT_FAILURES_BEFORE_ORIGIN;
         match choose_source(engine, task, n, fallback_to_origin) {
             Source::Parent(parent) => {
-                let urgent = priority.load(Ordering::Relaxed) >= Priority::Read as u8;
-                let result = from_parent(engine, task, n, &parent, urgent).await;
+                let level = priority.load(Ordering::Relaxed);
+                let result = from_parent(engine, task, n, &parent, level).await;
                 release_parent(task, &parent.host_id);
                 match result {
                     Ok(()) => return Ok(()),
@@ -98,7 +98,14 @@ async fn fetch_piece(
                     }
                 }
             }
-            Source::Origin => match origin_fetch::fetch(engine, task, n).await {
+            Source::Origin => match origin_fetch::fetch(
+                engine,
+                task,
+                n,
+                priority_label(priority.load(Ordering::Relaxed)),
+            )
+            .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -129,6 +136,16 @@ async fn fetch_piece(
                 }
             },
         }
+    }
+}
+
+/// The priority a piece was fetched at, as a metrics label, so bytes
+/// fetched on behalf of blocked readers can be told from bulk work.
+pub(super) fn priority_label(level: u8) -> &'static str {
+    match level {
+        l if l >= Priority::Read as u8 => "read",
+        l if l >= Priority::Prefetch as u8 => "prefetch",
+        _ => "bulk",
     }
 }
 
@@ -203,13 +220,13 @@ async fn from_parent(
     task: &Arc<Task>,
     n: u32,
     parent: &ParentView,
-    urgent: bool,
+    level: u8,
 ) -> Result<(), EngineError> {
     let inner = &engine.inner;
     let request = PieceRequest {
         task: task.id,
         piece: n,
-        urgent,
+        urgent: level >= Priority::Read as u8,
     };
     let expected = task.layout.piece_len(n);
     let started = Instant::now();
@@ -240,7 +257,9 @@ async fn from_parent(
         )));
     }
     if task.store_piece(engine, n, &bytes, digest)? {
-        metrics::counter!("dffs_download_bytes_total", "source" => "peer").increment(expected);
+        let label = priority_label(level);
+        metrics::counter!("dffs_download_bytes_total", "source" => "peer", "priority" => label)
+            .increment(expected);
         metrics::counter!("dffs_download_pieces_total", "source" => "peer").increment(1);
         metrics::histogram!("dffs_piece_seconds", "source" => "peer").record(elapsed.as_secs_f64());
         inner.link.report_piece_later(task.id, n);

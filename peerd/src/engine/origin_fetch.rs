@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 /// Fetches piece `n` from the origin. When the origin turns out to ignore
 /// Range, the one full response is used for every piece instead.
-pub(super) async fn fetch(engine: &Engine, task: &Arc<Task>, n: u32) -> Result<(), EngineError> {
+pub(super) async fn fetch(
+    engine: &Engine,
+    task: &Arc<Task>,
+    n: u32,
+    priority: &'static str,
+) -> Result<(), EngineError> {
     loop {
         if task.has_piece(n) {
             return Ok(());
@@ -33,8 +38,14 @@ pub(super) async fn fetch(engine: &Engine, task: &Arc<Task>, n: u32) -> Result<(
         match engine.inner.origin.get(&task.meta, range.clone()).await? {
             Body::Range(response) => {
                 learned_ranges_work(engine, task);
-                let bytes =
-                    read_exact(engine, response, range.end - range.start, &task.meta).await?;
+                let bytes = read_exact(
+                    engine,
+                    response,
+                    range.end - range.start,
+                    &task.meta,
+                    priority,
+                )
+                .await?;
                 let digest = PieceDigest::of(&bytes);
                 if task.store_piece(engine, n, &bytes, digest)? {
                     metrics::histogram!("dffs_piece_seconds", "source" => "origin")
@@ -46,7 +57,7 @@ pub(super) async fn fetch(engine: &Engine, task: &Arc<Task>, n: u32) -> Result<(
             Body::Whole(response) => {
                 tracing::info!(task = %task.id, "origin ignores Range; streaming the whole object once");
                 task.lock().origin = OriginMode::Streaming;
-                let result = stream_whole(engine, task, response).await;
+                let result = stream_whole(engine, task, response, priority).await;
                 task.lock().origin = OriginMode::Unknown;
                 result?;
             }
@@ -82,12 +93,13 @@ async fn read_exact(
     mut response: reqwest::Response,
     len: u64,
     meta: &proto::TaskMeta,
+    priority: &'static str,
 ) -> Result<Vec<u8>, EngineError> {
     let url = meta.source.as_ref().map_or("", |s| s.url.as_str());
     let mut bytes = Vec::with_capacity(len as usize);
     while let Some(chunk) = next_chunk(&mut response, url).await? {
         engine.inner.limits.download.take(chunk.len()).await;
-        metrics::counter!("dffs_download_bytes_total", "source" => "origin")
+        metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => priority)
             .increment(chunk.len() as u64);
         if bytes.len() + chunk.len() > len as usize {
             return Err(short_or_long(url, "more"));
@@ -128,6 +140,7 @@ async fn stream_whole(
     engine: &Engine,
     task: &Arc<Task>,
     mut response: reqwest::Response,
+    priority: &'static str,
 ) -> Result<(), EngineError> {
     let url = task
         .meta
@@ -141,7 +154,7 @@ async fn stream_whole(
     let mut total = 0u64;
     while let Some(chunk) = next_chunk(&mut response, &url).await? {
         engine.inner.limits.download.take(chunk.len()).await;
-        metrics::counter!("dffs_download_bytes_total", "source" => "origin")
+        metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => priority)
             .increment(chunk.len() as u64);
         total += chunk.len() as u64;
         if total > layout.content_length {
