@@ -181,3 +181,32 @@ def timed(argv):
     t = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == str(path) for line in f)
+
+
+def dffs_mount(bench, peer, name, extra=()):
+    """Mounts dffs for `peer` in the foreground; returns (mountpoint, proc)."""
+    mnt = bench.dir / name
+    mnt.mkdir(exist_ok=True)
+    proc = bench.procs.start(f"dffs-{name}", [str(bench.bins / "dffs"), "mount", str(mnt), "--socket", str(peer.socket),
+                                             "-f", "--metrics-addr", "none", *extra])
+    wait_until(f"dffs mount {name}", lambda: mounted(mnt))
+    return mnt, proc
+
+
+def umount(path):
+    subprocess.run(["umount", "-l", str(path)], stderr=subprocess.DEVNULL)
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def dfget_id(bench, url):
+    return subprocess.run([bench.bins / "dfget", "--id", url], capture_output=True, check=True, text=True).stdout.strip()

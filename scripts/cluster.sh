@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An all-in-one dffs cluster on this host: a scheduler, a seed and a peerd
-# with their default flags, plus a small demo origin to try it on.
+# with their default flags, dffs mounted at /dfly, and a small demo origin
+# to try it on.
 #
 #   scripts/cluster.sh [up]    build, install to /usr/local/bin, start
 #   scripts/cluster.sh down    stop everything
@@ -15,6 +16,7 @@ LOGS=/var/log/dffs
 RUN=/run/dffs
 DEMO=/var/lib/dffs/demo
 DEMO_ADDR=127.0.0.1:8000
+MOUNTPOINT=/dfly
 
 start() { # name command...
     local name=$1; shift
@@ -33,6 +35,9 @@ wait_for() { # description test-command...
 }
 
 down() {
+    if mountpoint -q "$MOUNTPOINT" 2>/dev/null; then
+        umount "$MOUNTPOINT" 2>/dev/null || umount -l "$MOUNTPOINT"
+    fi
     for name in peerd seed scheduler demo-origin; do
         if [ -f "$RUN/$name.pid" ]; then
             kill "$(cat "$RUN/$name.pid")" 2>/dev/null || true
@@ -50,6 +55,11 @@ status() {
             echo "$name: stopped"
         fi
     done
+    if mountpoint -q "$MOUNTPOINT" 2>/dev/null; then
+        echo "dffs: mounted at $MOUNTPOINT"
+    else
+        echo "dffs: not mounted"
+    fi
 }
 
 up() {
@@ -57,7 +67,9 @@ up() {
     apt_install fuse3 curl
     echo "== building (release)"
     cargo build --release --workspace --bins
-    install -m 0755 target/release/{scheduler,seed,peerd,dfget} "$PREFIX/"
+    install -m 0755 target/release/{scheduler,seed,peerd,dfget,dffs} "$PREFIX/"
+    # mount(8) runs /sbin/mount.TYPE for `mount -t dffs`.
+    ln -sf "$PREFIX/dffs" /sbin/mount.dffs
     install -m 0755 target/release/dffs-test-origin "$PREFIX/dffs-demo-origin"
     mkdir -p "$LOGS" "$RUN" "$DEMO"
     down
@@ -73,18 +85,26 @@ up() {
     fi
     start demo-origin "$PREFIX/dffs-demo-origin" --root "$DEMO" --listen "$DEMO_ADDR"
     wait_for "demo origin" bash -c "exec 3<>/dev/tcp/${DEMO_ADDR%:*}/${DEMO_ADDR#*:}"
+    mkdir -p "$MOUNTPOINT"
+    mount -t dffs dffs "$MOUNTPOINT" -o "socket=$RUN/peerd.sock,log_file=$LOGS/dffs.log"
+    local id
+    id=$("$PREFIX/dffs" add "http://$DEMO_ADDR/sample.bin")
     cat <<MSG
 
 dffs is running on this host (logs in $LOGS):
   scheduler  0.0.0.0:8002             metrics http://127.0.0.1:8003/metrics
   seed       upload 0.0.0.0:65006     metrics http://127.0.0.1:65007/metrics
   peerd      socket $RUN/peerd.sock   metrics http://127.0.0.1:65003/metrics
+  dffs       mounted at $MOUNTPOINT         metrics http://127.0.0.1:65009/metrics
   demo origin http://$DEMO_ADDR/sample.bin (64 MiB of random bytes)
 
 Try it:
-  dfget http://$DEMO_ADDR/sample.bin -O /tmp/sample.bin
-  sha256sum /tmp/sample.bin $DEMO/sample.bin
-  dfget --id http://$DEMO_ADDR/sample.bin      # the task-id
+  dfget http://$DEMO_ADDR/sample.bin -O /tmp/sample.bin     # eager download
+  cp $MOUNTPOINT/$id /tmp/lazy.bin                  # lazy read through dffs
+  sha256sum /tmp/sample.bin /tmp/lazy.bin $DEMO/sample.bin
+
+A URL becomes readable under $MOUNTPOINT on every host once registered:
+  dffs add URL        # prints the task-id, downloads nothing
 
 Other hosts join with: peerd --scheduler THIS_HOST:8002
 Stop with: scripts/cluster.sh down

@@ -109,7 +109,7 @@ fn random_reads_fetch_only_what_they_touch() {
     );
     let id = cluster.peers[0].dffs_add(&origin.url("huge.bin"));
 
-    let original = std::fs::read(&file).unwrap();
+    let original = std::fs::File::open(&file).unwrap();
     let reads = 20u64;
     for i in 0..reads {
         let block = (i * 7919 + 13) % (size / 4096);
@@ -128,8 +128,10 @@ fn random_reads_fetch_only_what_they_touch() {
             "dd failed: {}",
             String::from_utf8_lossy(&dd.stderr)
         );
-        let at = (block * 4096) as usize;
-        assert_eq!(dd.stdout, original[at..at + 4096], "bytes at offset {at}");
+        let at = block * 4096;
+        let mut expected = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&original, &mut expected, at).unwrap();
+        assert_eq!(dd.stdout, expected, "bytes at offset {at}");
     }
     let moved = cluster.peers[0].metric("dffs_download_bytes_total", "source=");
     let origin_bytes = origin.bytes_served() as f64;
