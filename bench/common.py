@@ -99,6 +99,7 @@ class Bench:
     def __init__(self):
         self.bins = bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="dffs-bench-", dir=os.environ.get("DFFS_BENCH_DIR", "/var/tmp")))
+        self.dir.chmod(0o755)  # nginx workers run as another user
         self.procs = Procs(self.dir)
         self.origin_dir = self.dir / "origin"
         self.origin_dir.mkdir()

@@ -213,6 +213,7 @@ impl Filesystem for DffsFs {
         let Some(node) = self.nodes.get(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        node.revalidate();
         match self.open_handle(&node, &reply) {
             Some(backing) => {
                 let fh = self.handles.open(node.ino, true);

@@ -23,6 +23,8 @@ pub struct Node {
     pub mtime: SystemTime,
     content_path: Mutex<String>,
     content: Mutex<Option<Arc<File>>>,
+    /// The content file's mtime when it was opened.
+    opened_mtime: Mutex<Option<SystemTime>>,
     present: Mutex<Bitmap>,
     complete: AtomicBool,
     /// How the inode is open; the kernel forbids mixing the two modes.
@@ -85,6 +87,36 @@ impl Node {
         pieces.into_iter().all(|n| present.get(n))
     }
 
+    /// Forgets what is cached about the content file if peerd no longer
+    /// uses it: it was replaced (peerd dropped and refetched the task), or,
+    /// for a complete task, written since it was opened (a user edited a
+    /// download that shares its bytes). Reads then go through peerd again.
+    pub fn revalidate(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let mut slot = self.content.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(file) = slot.as_ref() else { return };
+        let path = self
+            .content_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (Ok(opened), current) = (file.metadata(), std::fs::metadata(&path)) else {
+            return;
+        };
+        let replaced = current.map_or(true, |c| (c.dev(), c.ino()) != (opened.dev(), opened.ino()));
+        let written = self.is_complete()
+            && opened.modified().ok()
+                != *self.opened_mtime.lock().unwrap_or_else(|e| e.into_inner());
+        if replaced || written {
+            tracing::info!(task = %self.id, "peerd's copy changed; reading through peerd again");
+            *slot = None;
+            *self.present.lock().unwrap_or_else(|e| e.into_inner()) =
+                Bitmap::new(self.layout.piece_count());
+            self.complete
+                .store(self.layout.piece_count() == 0, Ordering::Release);
+        }
+    }
+
     /// peerd's content file, opened read-only once and shared.
     pub fn content(&self) -> std::io::Result<Arc<File>> {
         let mut slot = self.content.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,6 +135,8 @@ impl Node {
             ));
         }
         let file = Arc::new(File::open(&path)?);
+        *self.opened_mtime.lock().unwrap_or_else(|e| e.into_inner()) =
+            file.metadata().and_then(|m| m.modified()).ok();
         *slot = Some(file.clone());
         Ok(file)
     }
@@ -202,6 +236,7 @@ impl Nodes {
             mtime,
             content_path: Mutex::new(String::new()),
             content: Mutex::new(None),
+            opened_mtime: Mutex::new(None),
             present: Mutex::new(Bitmap::new(layout.piece_count())),
             complete: AtomicBool::new(layout.piece_count() == 0),
             io: Mutex::new(IoMode::default()),

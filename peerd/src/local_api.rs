@@ -131,16 +131,19 @@ async fn report_progress(
     let mut progress = task.subscribe();
     let mut sent = Bitmap::new(task.layout.piece_count());
     let mut download = std::pin::pin!(download);
+    // Progress goes out at most every PROGRESS_INTERVAL, but the end of the
+    // download is reported at once.
+    let mut next_report = tokio::time::Instant::now();
     loop {
         let finished = tokio::select! {
             result = &mut download => Some(result.unwrap_or(Err(EngineError::ShuttingDown))),
-            _ = progress.changed() => None,
+            _ = async {
+                tokio::time::sleep_until(next_report).await;
+                let _ = progress.changed().await;
+            } => None,
         };
-        let message = progress_message(
-            &task,
-            &mut sent,
-            finished.as_ref().is_some_and(Result::is_ok),
-        );
+        let done = finished.as_ref().is_some_and(Result::is_ok);
+        let message = progress_message(&task, &mut sent, done);
         match finished {
             Some(Err(e)) => {
                 let _ = tx.send(Err(e.to_status())).await;
@@ -155,7 +158,7 @@ async fn report_progress(
                     // Nobody listens; let the download finish on its own.
                     return;
                 }
-                tokio::time::sleep(PROGRESS_INTERVAL).await;
+                next_report = tokio::time::Instant::now() + PROGRESS_INTERVAL;
             }
         }
     }

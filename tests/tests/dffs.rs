@@ -343,3 +343,28 @@ fn mount_t_dffs_and_umount_work() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn an_edited_download_is_not_served_through_the_mount() {
+    let cluster = Cluster::start(true, 1);
+    let (origin, digest) = origin_with(&cluster, "e.bin", 3 * MIB, &[]);
+    let url = origin.url("e.bin");
+    let peer = &cluster.peers[0];
+    let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &[]);
+    let out = peer.dir.join("e.out");
+    assert!(peer.dfget(&url, &out, &[]).status.success());
+    let id = String::from_utf8(run(tests::bin("dfget").to_str().unwrap(), &["--id", &url]).stdout)
+        .unwrap();
+    let path = mnt.path(id.trim());
+    assert_eq!(sha256sum(&path), digest);
+    // The download may share its bytes with peerd's cache; edit it.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut file = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    std::io::Write::write_all(&mut file, b"edited").unwrap();
+    drop(file);
+    assert_eq!(
+        sha256sum(&path),
+        digest,
+        "the mount must not serve the edited bytes"
+    );
+}

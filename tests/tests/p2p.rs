@@ -141,3 +141,39 @@ fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
     );
     wait_until("metrics", Duration::from_secs(1), || true);
 }
+
+#[test]
+fn writing_to_a_downloaded_file_does_not_corrupt_the_cache() {
+    let cluster = Cluster::start(true, 1);
+    let root = cluster.dir.path().join("origin");
+    std::fs::create_dir_all(&root).unwrap();
+    let expected = write_random_file(&root.join("w.bin"), 3 << 20);
+    let origin = Origin::start(&root, &[]);
+    let url = origin.url("w.bin");
+    let peer = &cluster.peers[0];
+    let out = peer.dir.join("w.out");
+    assert!(peer.dfget(&url, &out, &[]).status.success());
+    // The output may share its bytes with peerd's cache (a hard link); the
+    // user edits it in place.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut file = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    std::io::Write::write_all(&mut file, b"edited by the user").unwrap();
+    drop(file);
+    let again = peer.dir.join("w.again");
+    let result = peer.dfget(&url, &again, &[]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        sha256_file(&again),
+        expected,
+        "the cache must not serve the user's edit"
+    );
+    let edited = std::fs::read(&out).unwrap();
+    assert!(
+        edited.starts_with(b"edited by the user"),
+        "the user's file keeps the edit"
+    );
+}

@@ -1,5 +1,12 @@
 //! The output file: written under a temporary name next to the target and
 //! renamed into place only when complete and verified.
+//!
+//! When peerd's cache is on the same filesystem as the output, the output
+//! becomes a hard link to the cached copy once the download is complete:
+//! no byte is written twice. peerd notices if anyone later writes to that
+//! shared file and verifies the cache again before using it. Elsewhere, or
+//! where the link is not allowed, each piece is copied in the kernel as
+//! soon as peerd has verified it.
 
 use api::digest::FileDigest;
 use api::proto::TaskInfo;
@@ -12,6 +19,9 @@ pub struct PartialOutput {
     temp: PathBuf,
     file: Option<File>,
     content: Option<File>,
+    content_path: PathBuf,
+    /// The cache is on the output's filesystem: link instead of copying.
+    link: bool,
     piece_length: u64,
     content_length: u64,
 }
@@ -44,6 +54,8 @@ impl PartialOutput {
             temp,
             file: Some(file),
             content: None,
+            content_path: PathBuf::new(),
+            link: false,
             piece_length: 0,
             content_length: 0,
         })
@@ -71,7 +83,12 @@ impl PartialOutput {
             self.content_length = meta.content_length;
             let content = File::open(&info.content_path)
                 .map_err(|e| format!("cannot read peerd's cached copy {}: {e}; is dfget allowed to read peerd's data directory?", info.content_path))?;
+            self.link = same_filesystem(&content, &self.temp);
+            self.content_path = PathBuf::from(&info.content_path);
             self.content = Some(content);
+        }
+        if self.link {
+            return Ok(());
         }
         for &n in pieces {
             let start = u64::from(n) * self.piece_length;
@@ -128,8 +145,29 @@ impl PartialOutput {
         Ok(())
     }
 
-    /// Gives the file its exact length (a trailing empty task, or sparse end).
+    /// Completes the output: links it to the cached copy, or gives the
+    /// copy its exact length.
     pub fn finish(&mut self, content_length: u64) -> Result<(), String> {
+        if self.link {
+            let _ = std::fs::remove_file(&self.temp);
+            match std::fs::hard_link(&self.content_path, &self.temp) {
+                Ok(()) => return Ok(()),
+                // E.g. protected_hardlinks for another user: copy instead,
+                // which is correct, only slower.
+                Err(_) => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .read(true)
+                        .create_new(true)
+                        .open(&self.temp)
+                        .map_err(|e| self.io_error(e))?;
+                    self.file = Some(file);
+                    self.link = false;
+                    self.copy_range(0, content_length)
+                        .map_err(|e| self.io_error(e))?;
+                }
+            }
+        }
         if let Some(file) = &self.file {
             file.set_len(content_length).map_err(|e| self.io_error(e))?;
         }
@@ -156,6 +194,14 @@ impl PartialOutput {
     pub fn discard(mut self) {
         self.file.take();
         let _ = std::fs::remove_file(&self.temp);
+    }
+}
+
+fn same_filesystem(a: &File, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
     }
 }
 

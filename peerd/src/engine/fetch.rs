@@ -228,18 +228,19 @@ async fn from_parent(
         piece: n,
         urgent: level >= Priority::Read as u8,
     };
-    let expected = task.layout.piece_len(n);
+    let range = task.layout.piece_range(n);
+    let expected = range.end - range.start;
     let started = Instant::now();
-    let bytes = match inner.peers.fetch(&parent.addr, request, expected).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(parent_failed(engine, task, n, parent, e)),
-    };
+    let mut buf = inner.buffers.take(expected as usize);
+    if let Err(e) = inner.peers.fetch(&parent.addr, request, &mut buf).await {
+        return Err(parent_failed(engine, task, n, parent, e));
+    }
     let elapsed = started.elapsed();
     let digest = match task.digest(n) {
         Some(d) => d,
         None => wait_for_digest(engine, task, n).await?,
     };
-    if PieceDigest::of(&bytes) != digest {
+    if PieceDigest::of(&buf) != digest {
         tracing::warn!(task = %task.id, piece = n, parent = %parent.addr, "parent sent a corrupt piece; isolating it");
         metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
         block_parent(task, &parent.host_id, BLOCK_AFTER_CORRUPT);
@@ -256,7 +257,7 @@ async fn from_parent(
             parent.addr
         )));
     }
-    if task.store_piece(engine, n, &bytes, digest)? {
+    if task.store_piece(engine, n, &buf, digest)? {
         let label = priority_label(level);
         metrics::counter!("dffs_download_bytes_total", "source" => "peer", "priority" => label)
             .increment(expected);

@@ -2,6 +2,7 @@
 //! fetched, verified and stored. dfget, dffs, the seed and preheat all call
 //! it; none has a download path of its own.
 
+mod buffers;
 mod error;
 mod fetch;
 pub mod link;
@@ -43,6 +44,7 @@ pub struct Inner {
     pub peers: PeerClient,
     pub origin: Origin,
     pub slots: Arc<slots::Slots>,
+    pub buffers: buffers::BufferPool,
     pub limits: HostLimits,
     pub settings: Settings,
     /// Seed mode: roots new tasks and answers children about tasks it has
@@ -81,6 +83,7 @@ impl Engine {
                 peers: parts.peers,
                 origin: parts.origin,
                 slots: slots::Slots::new(parts.download_slots),
+                buffers: buffers::BufferPool::default(),
                 limits: parts.limits,
                 settings: parts.settings,
                 seed: parts.seed,
@@ -110,8 +113,31 @@ impl Engine {
         self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A task held here. A complete task whose content file was written
+    /// outside peerd (it may be hard-linked to a user's output, which the
+    /// user may edit) is dropped instead, and fetched afresh when asked
+    /// for: the user keeps the edited file, the cache never serves it.
     pub fn task(&self, id: &TaskId) -> Option<Arc<Task>> {
-        self.tasks_map().get(id).cloned()
+        let task = self.tasks_map().get(id).cloned()?;
+        if task.file.modified_since_seal() {
+            self.evict(&task, "its content was modified outside peerd");
+            return None;
+        }
+        Some(task)
+    }
+
+    /// Forgets a task and deletes its files (hard links to them elsewhere
+    /// keep their bytes).
+    pub fn evict(&self, task: &Arc<Task>, why: &str) {
+        tracing::warn!(task = %task.id, "dropping the cached task: {why}");
+        metrics::counter!("dffs_cache_evictions_total", "reason" => "modified").increment(1);
+        self.tasks_map().remove(&task.id);
+        if let Err(e) = self.inner.store.remove(&task.id) {
+            tracing::warn!(task = %task.id, "cannot delete the task's files: {e}");
+        }
+        let engine = self.clone();
+        let id = task.id;
+        tokio::spawn(async move { engine.inner.link.leave_task(&id).await });
     }
 
     pub fn tasks(&self) -> Vec<Arc<Task>> {

@@ -246,17 +246,27 @@ impl Task {
         }
         self.file
             .write_at(bytes, self.layout.piece_range(n).start)?;
+        Ok(self.mark_present(engine, n, digest))
+    }
+
+    /// Makes a piece whose verified bytes are already in the content file
+    /// visible. Returns false when it was already present.
+    pub fn mark_present(&self, engine: &Engine, n: u32, digest: PieceDigest) -> bool {
         let mut state = self.lock();
         state.digests[n as usize] = Some(digest);
         if !state.present.set(n) {
-            return Ok(false);
+            return false;
         }
-        state.present_bytes += bytes.len() as u64;
+        state.present_bytes += self.layout.piece_len(n);
         let present_bytes = state.present_bytes;
+        let complete = state.present.is_full();
         drop(state);
         engine.inner.journal.record(self.file.clone(), n, digest);
+        if complete && let Err(e) = self.file.seal() {
+            tracing::warn!(task = %self.id, "cannot seal the completed task: {e}");
+        }
         self.progress.send_replace(present_bytes);
-        Ok(true)
+        true
     }
 
     /// The digest a piece must have, if known.

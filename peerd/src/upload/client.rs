@@ -53,33 +53,35 @@ impl PeerClient {
         }
     }
 
-    /// Fetches one piece of `expected` bytes from the parent at `addr`.
-    /// The bytes are not verified here; the caller checks the digest.
+    /// Fetches one piece from the parent at `addr` into `dest`, which must
+    /// be exactly the piece's length. The bytes are not verified here; the
+    /// caller checks the digest.
     pub async fn fetch(
         &self,
         addr: &str,
         request: PieceRequest,
-        expected: u64,
-    ) -> Result<Vec<u8>, FetchError> {
+        dest: &mut [u8],
+    ) -> Result<(), FetchError> {
+        let expected = dest.len() as u64;
         let io_err = |source| FetchError::Io {
             addr: addr.to_string(),
             source,
         };
         let (mut stream, reused) = self.checkout(addr).await?;
-        let result = exchange(&mut stream, request, expected, &self.limit).await;
+        let result = exchange(&mut stream, request, dest, &self.limit).await;
         let result = match result {
             // A pooled connection may have been closed by the parent while
             // idle; one fresh attempt tells that apart from a real failure.
             Err(Exchange::Io(_)) if reused => {
                 stream = self.connect(addr).await?;
-                exchange(&mut stream, request, expected, &self.limit).await
+                exchange(&mut stream, request, dest, &self.limit).await
             }
             other => other,
         };
         match result {
-            Ok(bytes) => {
+            Ok(()) => {
                 self.checkin(addr, stream);
-                Ok(bytes)
+                Ok(())
             }
             Err(Exchange::Refused(status, reason)) => {
                 self.checkin(addr, stream);
@@ -148,9 +150,10 @@ impl From<io::Error> for Exchange {
 async fn exchange(
     stream: &mut TcpStream,
     request: PieceRequest,
-    expected: u64,
+    dest: &mut [u8],
     limit: &ByteLimit,
-) -> Result<Vec<u8>, Exchange> {
+) -> Result<(), Exchange> {
+    let expected = dest.len() as u64;
     stream.write_all(&request.encode()).await?;
     let mut header = [0u8; RESPONSE_LEN];
     within(FIRST_BYTE, stream.read_exact(&mut header)).await?;
@@ -166,17 +169,16 @@ async fn exchange(
     if u64::from(header.length) != expected {
         return Err(Exchange::WrongLength(u64::from(header.length)));
     }
-    let mut bytes = vec![0u8; expected as usize];
     let step = if limit.is_limited() {
         CHUNK
     } else {
-        bytes.len().max(1)
+        dest.len().max(1)
     };
-    for chunk in bytes.chunks_mut(step) {
+    for chunk in dest.chunks_mut(step) {
         limit.take(chunk.len()).await;
         within(READ_STALL, stream.read_exact(chunk)).await?;
     }
-    Ok(bytes)
+    Ok(())
 }
 
 async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
