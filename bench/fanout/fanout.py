@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: how long until N hosts all have a file, and how many
+copies the origin served, for dffs (dfget and lazy reads through the mount)
+against every host fetching from the origin with curl.
+
+Host 0 runs the origin, host 1 the scheduler and the seed, hosts 2..N+1 a
+peerd each (and, for the dffs scenario, a dffs mount in the root namespace
+that reaches its peerd over the Unix socket). All hosts start at once.
+
+    bound = max(S/U0, S/D, N*S/(U0 + N*U))   (DESIGN §4)
+
+Usage (as root):
+    bench/fanout/fanout.py --n 4,8,16,24 --size-mib 128 --link-mbit 100 --plot fanout.png
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from testbed import Testbed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MIB = 1 << 20
+ORIGIN_PORT = 8080
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def wait_until(what, check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == str(path) for line in f)
+
+
+class Run:
+    """One scenario at one N on a testbed."""
+
+    def __init__(self, tb, bins, work, n, url):
+        self.tb, self.bins, self.work, self.n, self.url = tb, bins, work, n, url
+        self.hosts = list(range(2, n + 2))
+        self.mounts = []
+        self.daemons = []
+
+    def origin(self, path):
+        r = self.tb.run(0, ["curl", "-s", "-X", "POST" if path == "_reset" else "GET",
+                            f"http://{self.tb.ip(0)}:{ORIGIN_PORT}/{path}"], capture_output=True, text=True)
+        return r.stdout
+
+    def start_cluster(self):
+        tb, b, w = self.tb, self.bins, self.work
+        sched = f"{tb.ip(1)}:8002"
+        self.daemons.append(tb.spawn(1, [b / "scheduler", "--listen", sched, "--log-level", "warn"], w / "scheduler.log"))
+        wait_until("scheduler", lambda: tb.run(1, ["bash", "-c", f"exec 3<>/dev/tcp/{tb.ip(1)}/8002"],
+                                                stderr=subprocess.DEVNULL).returncode == 0)
+        peers = [(1, "seed")] + [(h, "peerd") for h in self.hosts]
+        for h, binary in peers:
+            d = w / f"h{h}"
+            d.mkdir()
+            self.daemons.append(tb.spawn(h, [b / binary, "--scheduler", sched, "--data-dir", d / "data",
+                                             "--socket", d / "peerd.sock", "--upload-addr", "0.0.0.0:65002",
+                                             "--metrics-addr", "127.0.0.1:65003", "--log-level", "warn"],
+                                         w / f"h{h}.log"))
+        for h, _ in peers:
+            sock = w / f"h{h}" / "peerd.sock"
+            wait_until(f"peerd on host {h}", sock.exists)
+        time.sleep(0.5)  # let every host announce itself
+
+    def socket(self, h):
+        return self.work / f"h{h}" / "peerd.sock"
+
+    def out(self, h):
+        return self.work / f"h{h}.out" if h >= 2 else None
+
+    def clients(self, scenario):
+        """Starts one client per host; returns (host, Popen) pairs."""
+        tb, b = self.tb, self.bins
+        if scenario == "curl":
+            return [(h, tb.spawn(h, ["curl", "-sf", "-o", self.out(h), self.url], self.work / f"c{h}.log"))
+                    for h in self.hosts]
+        if scenario == "dfget":
+            return [(h, tb.spawn(h, [b / "dfget", self.url, "-O", self.out(h), "--socket", self.socket(h), "--quiet"],
+                                 self.work / f"c{h}.log")) for h in self.hosts]
+        task = self.task
+        procs = []
+        for h, mnt in zip(self.hosts, self.mounts):
+            log = open(self.work / f"c{h}.log", "ab")
+            procs.append((h, subprocess.Popen(["cp", str(mnt / task), str(self.out(h))], stdout=log, stderr=log)))
+        return procs
+
+    def mount_all(self):
+        for h in self.hosts:
+            mnt = self.work / f"mnt{h}"
+            mnt.mkdir()
+            log = open(self.work / f"dffs{h}.log", "ab")
+            p = subprocess.Popen([str(self.bins / "dffs"), "mount", str(mnt), "--socket", str(self.socket(h)), "-f",
+                                  "--metrics-addr", "none", "--timeout", "600"], stdout=log, stderr=log)
+            self.daemons.append(p)
+            wait_until(f"dffs mount {h}", lambda: mounted(mnt))
+            self.mounts.append(mnt)
+        added = subprocess.run([str(self.bins / "dffs"), "add", self.url, "--socket", str(self.socket(self.hosts[0]))],
+                               capture_output=True, text=True)
+        if added.returncode != 0:
+            raise RuntimeError(f"dffs add failed: {added.stderr}")
+        self.task = added.stdout.strip()
+
+    def close(self):
+        for mnt in self.mounts:
+            subprocess.run(["umount", "-l", str(mnt)], stderr=subprocess.DEVNULL)
+        for p in self.daemons:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit):
+    work = Path(tempfile.mkdtemp(prefix=f"{scenario}-n{n}-", dir=base))
+    run = Run(tb, bins, work, n, url)
+    try:
+        if scenario != "curl":
+            run.start_cluster()
+        if scenario == "dffs":
+            run.mount_all()
+        run.origin("_reset")
+        t0 = time.monotonic()
+        clients = run.clients(scenario)
+        ends, codes = {}, {}
+        while len(ends) < len(clients):
+            for h, p in clients:
+                if h not in ends and p.poll() is not None:
+                    ends[h], codes[h] = time.monotonic() - t0, p.returncode
+            time.sleep(0.01)
+        served = json.loads(run.origin("_stats"))["bytes_served"]
+        verified = sum(1 for h in run.hosts if codes[h] == 0 and sha256(run.out(h)) == expected)
+    finally:
+        run.close()
+        shutil.rmtree(work, ignore_errors=True)
+    times = sorted(ends.values())
+    rate = link_mbit * 1e6 / 8
+    u0 = origin_mbit * 1e6 / 8
+    bound = max(size / u0, size / rate, n * size / (u0 + n * rate))
+    return {
+        "scenario": scenario, "n": n, "size_mib": size // MIB, "link_mbit": link_mbit,
+        "first": times[0], "median": statistics.median(times), "last": times[-1], "bound": bound,
+        "last_over_bound": times[-1] / bound, "origin_copies": served / size, "verified": verified,
+    }
+
+
+def plot(results, path):
+    data = Path(tempfile.mkdtemp()) / "fanout.dat"
+    scenarios = sorted({r["scenario"] for r in results})
+    blocks = []
+    for s in scenarios:
+        rows = sorted((r["n"], r["last"], r["bound"]) for r in results if r["scenario"] == s)
+        blocks.append("\n".join(f"{n} {last:.3f} {bound:.3f}" for n, last, bound in rows))
+    data.write_text("\n\n\n".join(blocks) + "\n")
+    size = results[0]["size_mib"]
+    link = results[0]["link_mbit"]
+    lines = [f"'{data}' index {i} using 1:2 with linespoints lw 2 pt 7 title '{s} (last host)'"
+             for i, s in enumerate(scenarios)]
+    lines.append(f"'{data}' index 0 using 1:3 with lines dt 2 lw 2 lc rgb 'black' title 'line-rate bound'")
+    script = f"""
+set terminal pngcairo size 900,560 font ',11'
+set output '{path}'
+set title 'Time until all N hosts hold {size} MiB ({link} Mbit/s links)'
+set xlabel 'hosts (N)'
+set ylabel 'completion time of the last host (s)'
+set logscale y
+set grid
+set key top left
+plot {', '.join(lines)}
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", default="4,8,16,24", help="host counts, comma-separated")
+    ap.add_argument("--size-mib", type=int, default=128)
+    ap.add_argument("--link-mbit", type=int, default=100)
+    ap.add_argument("--origin-mbit", type=int, help="origin uplink (default: --link-mbit)")
+    ap.add_argument("--scenarios", default="dfget,dffs,curl")
+    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
+    ap.add_argument("--plot", help="write a PNG plot here")
+    ap.add_argument("--no-offloads", action="store_true", help="turn segmentation offloads off on every veth")
+    args = ap.parse_args()
+    bins = Path(args.bin_dir)
+    for name in ("scheduler", "seed", "peerd", "dfget", "dffs", "dffs-test-origin"):
+        if not (bins / name).exists():
+            sys.exit(f"error: {bins / name} is missing; run `cargo build --release --workspace --bins`")
+    counts = [int(x) for x in args.n.split(",")]
+    scenarios = args.scenarios.split(",")
+    size = args.size_mib * MIB
+    origin_mbit = args.origin_mbit or args.link_mbit
+    base = Path(tempfile.mkdtemp(prefix="dffs-fanout-", dir=os.environ.get("DFFS_BENCH_DIR", "/var/tmp")))
+    origin_dir = base / "origin"
+    origin_dir.mkdir()
+    data = origin_dir / "file.bin"
+    with open(data, "wb") as f:
+        for _ in range(args.size_mib):
+            f.write(os.urandom(MIB))
+    expected = sha256(data)
+    results = []
+    print(f"{'scenario':8} {'N':>3} {'MiB':>5} {'Mbit':>5} {'first':>7} {'median':>7} {'last':>7} {'bound':>6} "
+          f"{'last/bound':>10} {'origin':>7} {'verified':>8}", flush=True)
+    try:
+        for n in counts:
+            with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads) as tb:
+                origin = tb.spawn(0, [bins / "dffs-test-origin", "--root", origin_dir,
+                                      "--listen", f"{tb.ip(0)}:{ORIGIN_PORT}"], base / "origin.log")
+                wait_until("origin", lambda: tb.run(0, ["curl", "-sf", f"http://{tb.ip(0)}:{ORIGIN_PORT}/_stats"],
+                                                    capture_output=True).returncode == 0)
+                url = f"http://{tb.ip(0)}:{ORIGIN_PORT}/file.bin"
+                for s in scenarios:
+                    r = run_scenario(tb, bins, base, s, n, size, expected, url, args.link_mbit, origin_mbit)
+                    results.append(r)
+                    print(f"{s:8} {n:>3} {r['size_mib']:>5} {args.link_mbit:>5} {r['first']:>6.1f}s {r['median']:>6.1f}s "
+                          f"{r['last']:>6.1f}s {r['bound']:>5.1f}s {r['last_over_bound']:>10.2f} "
+                          f"{r['origin_copies']:>7.2f} {r['verified']:>5}/{n}", flush=True)
+                tb.kill(origin)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if args.plot and results:
+        plot(results, args.plot)
+        print(f"\nplot written to {args.plot}")
+    print(f"\noffloads {'off' if args.no_offloads else 'on'} on every veth; origin uplink {origin_mbit} Mbit/s")
+    for r in results:
+        print(f"fanout scenario={r['scenario']} n={r['n']} size_mib={r['size_mib']} link_mbit={r['link_mbit']} "
+              f"last_over_bound={r['last_over_bound']:.2f} origin_copies={r['origin_copies']:.2f} "
+              f"verified={r['verified']}/{r['n']}")
+
+
+if __name__ == "__main__":
+    main()
