@@ -227,34 +227,34 @@ async fn from_parent(
         task: task.id,
         piece: n,
         urgent: level >= Priority::Read as u8,
+        wait: false,
+        no_redirect: false,
+        reply_port: inner.settings.upload_port,
     };
-    let range = task.layout.piece_range(n);
-    let expected = range.end - range.start;
+    let expected = task.layout.piece_len(n);
     let started = Instant::now();
     let mut buf = inner.buffers.take(expected as usize);
-    if let Err(e) = inner.peers.fetch(&parent.addr, request, &mut buf).await {
-        return Err(parent_failed(engine, task, n, parent, e));
-    }
+    let source = transfer(engine, task, n, parent, request, &mut buf).await?;
     let elapsed = started.elapsed();
     let digest = match task.digest(n) {
         Some(d) => d,
         None => wait_for_digest(engine, task, n).await?,
     };
     if PieceDigest::of(&buf) != digest {
-        tracing::warn!(task = %task.id, piece = n, parent = %parent.addr, "parent sent a corrupt piece; isolating it");
+        tracing::warn!(task = %task.id, piece = n, parent = %source.addr, "parent sent a corrupt piece; isolating it");
         metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
-        block_parent(task, &parent.host_id, BLOCK_AFTER_CORRUPT);
+        block_parent(task, &source.host_id, BLOCK_AFTER_CORRUPT);
         inner.link.report_bad_parent_later(
             task.id,
             BadParent {
-                host_id: parent.host_id.clone(),
+                host_id: source.host_id.clone(),
                 piece: n,
                 corrupt: true,
             },
         );
         return Err(EngineError::Unavailable(format!(
             "piece {n} from {} failed verification",
-            parent.addr
+            source.addr
         )));
     }
     if task.store_piece(engine, n, &buf, digest)? {
@@ -267,13 +267,69 @@ async fn from_parent(
         inner.link.report_speed_later(
             task.id,
             ParentSpeed {
-                host_id: parent.host_id.clone(),
+                host_id: source.host_id.clone(),
                 bytes: expected,
                 micros: elapsed.as_micros() as u64,
             },
         );
     }
     Ok(())
+}
+
+/// Receives piece `n` into `buf` from `parent`, following one redirect
+/// from a root (see `fanout`). Returns the host the bytes came from.
+async fn transfer(
+    engine: &Engine,
+    task: &Task,
+    n: u32,
+    parent: &ParentView,
+    request: PieceRequest,
+    buf: &mut [u8],
+) -> Result<ParentView, EngineError> {
+    let peers = &engine.inner.peers;
+    let redirect_to = match peers.fetch(&parent.addr, request, buf).await {
+        Ok(()) => return Ok(parent.clone()),
+        Err(FetchError::Refused {
+            status: Status::Redirect,
+            reason,
+            ..
+        }) => reason,
+        Err(e) => return Err(parent_failed(engine, task, n, parent, e)),
+    };
+    // The holder is known only by address; it stands for itself.
+    let holder = ParentView {
+        host_id: redirect_to.clone(),
+        addr: redirect_to,
+        is_root: false,
+        bitmap: Bitmap::default(),
+    };
+    let blocked = task.lock().blocked.contains_key(&holder.host_id);
+    if !blocked {
+        let wait = PieceRequest {
+            wait: true,
+            ..request
+        };
+        match peers.fetch(&holder.addr, wait, buf).await {
+            Ok(()) => {
+                metrics::counter!("dffs_redirects_followed_total", "result" => "ok").increment(1);
+                return Ok(holder);
+            }
+            Err(e) => {
+                tracing::debug!(task = %task.id, piece = n, "redirect to {} failed: {e}", holder.addr);
+                metrics::counter!("dffs_redirects_followed_total", "result" => "failed")
+                    .increment(1);
+                block_parent(task, &holder.host_id, BLOCK_AFTER_BUSY);
+            }
+        }
+    }
+    let direct = PieceRequest {
+        no_redirect: true,
+        ..request
+    };
+    match peers.fetch(&parent.addr, direct, buf).await {
+        Ok(()) => Ok(parent.clone()),
+        Err(e) => Err(parent_failed(engine, task, n, parent, e)),
+    }
 }
 
 fn parent_failed(

@@ -4,6 +4,7 @@
 
 mod buffers;
 mod error;
+mod fanout;
 mod fetch;
 pub mod link;
 mod origin_fetch;
@@ -35,6 +36,9 @@ pub struct Settings {
     pub requests_per_parent: u32,
     /// Ranged GETs in flight to the origin per task.
     pub origin_requests_per_task: usize,
+    /// This host's upload port, sent with piece requests so a root can
+    /// point later requesters here (see `fanout`).
+    pub upload_port: u16,
 }
 
 pub struct Inner {
@@ -337,11 +341,15 @@ impl Engine {
         }
     }
 
-    /// Fetches every missing piece of the task.
+    /// Fetches every missing piece of the task. Pieces are taken in a random order of this host's own, so that
+    /// hosts downloading the same task at once ask for different pieces
+    /// and can trade them, instead of all waiting on the same one.
     pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
+        use rand::seq::SliceRandom;
         task.touch();
-        task.ensure(self, 0..task.layout.piece_count(), Priority::Bulk)
-            .await
+        let mut order: Vec<u32> = (0..task.layout.piece_count()).collect();
+        order.shuffle(&mut rand::rng());
+        task.ensure(self, order, Priority::Bulk).await
     }
 
     /// Carries out a seed command: root the task, resolving it first if

@@ -1,13 +1,26 @@
 //! The engine as the upload server's source of pieces.
 
 use super::Engine;
+use super::fanout::Decision;
 use crate::upload::protocol::{PieceRequest, Status};
 use crate::upload::server::{PieceLocation, PieceProvider, Refusal};
 use api::proto::Priority;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long a redirected request waits here for a piece on its way.
+const WAIT_FOR_INCOMING: Duration = Duration::from_secs(10);
+
+fn refuse(status: Status, reason: String) -> Refusal {
+    Refusal { status, reason }
+}
 
 impl PieceProvider for Engine {
-    async fn locate(&self, request: PieceRequest) -> Result<PieceLocation, Refusal> {
-        let refuse = |status, reason: String| Refusal { status, reason };
+    async fn locate(
+        &self,
+        request: PieceRequest,
+        from: SocketAddr,
+    ) -> Result<PieceLocation, Refusal> {
         let task = match self.task(&request.task) {
             Some(task) => task,
             // A seed may hear from a child before its own command arrives.
@@ -29,22 +42,33 @@ impl PieceProvider for Engine {
                 format!("task {} has no piece {n}", task.id),
             ));
         }
+        let is_root = task.lock().is_root;
+        if is_root && !request.no_redirect {
+            let requester =
+                (request.reply_port != 0).then(|| SocketAddr::new(from.ip(), request.reply_port));
+            let decision = task.lock().fanout.decide(n, requester, Instant::now());
+            if let Decision::Redirect(to) = decision {
+                metrics::counter!("dffs_upload_redirects_total").increment(1);
+                return Err(refuse(Status::Redirect, to.to_string()));
+            }
+        }
         if !task.has_piece(n) {
-            if !task.lock().is_root {
+            if is_root {
+                // Fetch it from the origin for the child.
+                let priority = if request.urgent {
+                    Priority::Read
+                } else {
+                    Priority::Prefetch
+                };
+                task.ensure(self, n..n + 1, priority)
+                    .await
+                    .map_err(|e| refuse(Status::Failed, e.to_string()))?;
+            } else if !(request.wait && task.wait_for_piece(n, WAIT_FOR_INCOMING).await) {
                 return Err(refuse(
                     Status::NotFound,
                     format!("piece {n} is not held here"),
                 ));
             }
-            // As the root, fetch it from the origin for the child.
-            let priority = if request.urgent {
-                Priority::Read
-            } else {
-                Priority::Prefetch
-            };
-            task.ensure(self, n..n + 1, priority)
-                .await
-                .map_err(|e| refuse(Status::Failed, e.to_string()))?;
         }
         let range = task.layout.piece_range(n);
         Ok(PieceLocation {

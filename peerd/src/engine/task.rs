@@ -8,7 +8,6 @@ use api::piece::{Bitmap, Layout};
 use api::proto::{Priority, TaskInfo, TaskMeta};
 use api::task::TaskId;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -64,6 +63,8 @@ pub struct State {
     pub load: HashMap<String, u32>,
     pub is_root: bool,
     pub origin: OriginMode,
+    /// Where this host, as root, sent each piece lately.
+    pub fanout: super::fanout::Fanout,
     pub last_access: SystemTime,
     last_touch: Option<Instant>,
 }
@@ -114,6 +115,7 @@ impl Task {
                 load: HashMap::new(),
                 is_root: false,
                 origin: OriginMode::Unknown,
+                fanout: Default::default(),
                 last_access: loaded.last_access,
                 last_touch: None,
             }),
@@ -173,10 +175,10 @@ impl Task {
     pub async fn ensure(
         self: &Arc<Self>,
         engine: &Engine,
-        pieces: Range<u32>,
+        pieces: impl IntoIterator<Item = u32>,
         priority: Priority,
     ) -> Result<(), EngineError> {
-        let waits = self.start_fetches(engine, pieces.clone(), priority);
+        let waits = self.start_fetches(engine, pieces, priority);
         for mut done in waits {
             let result = done
                 .wait_for(Option::is_some)
@@ -188,16 +190,10 @@ impl Task {
         Ok(())
     }
 
-    /// Starts fetching the missing pieces of `pieces` without waiting, e.g.
-    /// for read-ahead.
-    pub fn prefetch(self: &Arc<Self>, engine: &Engine, pieces: Range<u32>, priority: Priority) {
-        drop(self.start_fetches(engine, pieces, priority));
-    }
-
     fn start_fetches(
         self: &Arc<Self>,
         engine: &Engine,
-        pieces: Range<u32>,
+        pieces: impl IntoIterator<Item = u32>,
         priority: Priority,
     ) -> Vec<watch::Receiver<PieceResult>> {
         let level = priority as u8;
@@ -225,6 +221,28 @@ impl Task {
             tokio::spawn(fetch::run(engine.clone(), self.clone(), n, priority, tx));
         }
         waits
+    }
+
+    /// Waits up to `limit` for piece `n` if a fetch of it is under way,
+    /// raising that fetch to prefetch priority since another host now waits
+    /// on it. True when the piece is present.
+    pub async fn wait_for_piece(&self, n: u32, limit: std::time::Duration) -> bool {
+        let receiver = {
+            let state = self.lock();
+            if state.present.get(n) {
+                return true;
+            }
+            let Some(inflight) = state.inflight.get(&n) else {
+                return false;
+            };
+            inflight
+                .priority
+                .fetch_max(Priority::Prefetch as u8, Ordering::Relaxed);
+            inflight.done.clone()
+        };
+        let mut receiver = receiver;
+        let _ = tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await;
+        self.has_piece(n)
     }
 
     /// Called by the fetch that owned piece `n` when it ends.

@@ -5,10 +5,15 @@
 //! A connection carries one request at a time and is reused:
 //!
 //! ```text
-//! request  (48 bytes): "DFP1" | kind u8 | flags u8 | 0 u16 | task-id [32] | piece u32 LE | 0 u32
+//! request  (48 bytes): "DFP1" | kind u8 | flags u8 | reply port u16 LE | task-id [32] | piece u32 LE | 0 u32
 //! response (16 bytes): status u8 | 0 [3] | length u32 LE | 0 u64
-//! then `length` bytes: the piece when status is OK, else a UTF-8 reason.
+//! then `length` bytes: the piece when status is OK, the address to ask
+//! instead when it is REDIRECT, else a UTF-8 reason.
 //! ```
+//!
+//! The reply port is the requester's own upload port: with the address the
+//! request came from, it tells a root where this requester will soon hold
+//! the piece, so later requesters can be sent there (see `engine::fanout`).
 
 use api::task::TaskId;
 
@@ -19,12 +24,20 @@ const KIND_GET_PIECE: u8 = 1;
 /// A reader is blocked on this piece: a root fetching it from the origin
 /// gives it top priority.
 const FLAG_URGENT: u8 = 1;
+/// Sent after a redirect: wait for the piece if it is on its way here.
+const FLAG_WAIT: u8 = 2;
+/// Do not redirect: the requester already followed one that failed.
+const FLAG_NO_REDIRECT: u8 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PieceRequest {
     pub task: TaskId,
     pub piece: u32,
     pub urgent: bool,
+    pub wait: bool,
+    pub no_redirect: bool,
+    /// The requester's upload port, 0 when unknown.
+    pub reply_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +50,9 @@ pub enum Status {
     Busy = 2,
     /// The parent tried and failed (e.g. its origin fetch failed).
     Failed = 3,
+    /// Ask the peer at the address in the body: it holds the piece or is
+    /// receiving it.
+    Redirect = 4,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -54,7 +70,11 @@ impl PieceRequest {
         let mut buf = [0u8; REQUEST_LEN];
         buf[..4].copy_from_slice(&MAGIC);
         buf[4] = KIND_GET_PIECE;
-        buf[5] = if self.urgent { FLAG_URGENT } else { 0 };
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        buf[5] = flag(self.urgent, FLAG_URGENT)
+            | flag(self.wait, FLAG_WAIT)
+            | flag(self.no_redirect, FLAG_NO_REDIRECT);
+        buf[6..8].copy_from_slice(&self.reply_port.to_le_bytes());
         buf[8..40].copy_from_slice(self.task.as_bytes());
         buf[40..44].copy_from_slice(&self.piece.to_le_bytes());
         buf
@@ -71,6 +91,9 @@ impl PieceRequest {
             task: TaskId::from_bytes(buf[8..40].try_into().expect("32 bytes")),
             piece: u32::from_le_bytes(buf[40..44].try_into().expect("4 bytes")),
             urgent: buf[5] & FLAG_URGENT != 0,
+            wait: buf[5] & FLAG_WAIT != 0,
+            no_redirect: buf[5] & FLAG_NO_REDIRECT != 0,
+            reply_port: u16::from_le_bytes(buf[6..8].try_into().expect("2 bytes")),
         })
     }
 }
@@ -95,6 +118,7 @@ impl ResponseHeader {
             1 => Status::NotFound,
             2 => Status::Busy,
             3 => Status::Failed,
+            4 => Status::Redirect,
             other => return Err(ProtocolError::UnknownStatus(other)),
         };
         Ok(ResponseHeader {
@@ -114,6 +138,9 @@ mod tests {
             task: TaskId::from_bytes([9; 32]),
             piece: 77,
             urgent: true,
+            wait: true,
+            no_redirect: false,
+            reply_port: 65002,
         };
         assert_eq!(PieceRequest::decode(&req.encode()), Ok(req));
     }

@@ -33,9 +33,11 @@ pub struct Refusal {
 pub trait PieceProvider: Send + Sync + 'static {
     /// Locates a verified piece, fetching it first when this host is the
     /// task's root and does not hold it yet.
+    /// `from` is the address the request came from.
     fn locate(
         &self,
         request: PieceRequest,
+        from: std::net::SocketAddr,
     ) -> impl Future<Output = Result<PieceLocation, Refusal>> + Send;
 }
 
@@ -75,14 +77,18 @@ impl<P: PieceProvider> UploadServer<P> {
             let _ = stream.set_nodelay(true);
             let server = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = server.connection(stream).await {
+                if let Err(e) = server.connection(stream, peer).await {
                     tracing::debug!(%peer, "upload connection ended: {e}");
                 }
             });
         }
     }
 
-    async fn connection(&self, mut stream: TcpStream) -> io::Result<()> {
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> io::Result<()> {
         loop {
             let mut buf = [0u8; REQUEST_LEN];
             match tokio::time::timeout(IDLE_TIMEOUT, stream.read_exact(&mut buf)).await {
@@ -91,17 +97,22 @@ impl<P: PieceProvider> UploadServer<P> {
                 Ok(r) => r?,
             };
             let request = PieceRequest::decode(&buf).map_err(io::Error::other)?;
-            self.answer(&mut stream, request).await?;
+            self.answer(&mut stream, request, peer).await?;
         }
     }
 
-    async fn answer(&self, stream: &mut TcpStream, request: PieceRequest) -> io::Result<()> {
+    async fn answer(
+        &self,
+        stream: &mut TcpStream,
+        request: PieceRequest,
+        peer: std::net::SocketAddr,
+    ) -> io::Result<()> {
         let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_uploads;
         let _guard = InFlight(&self.in_flight);
         if busy {
             return refuse(stream, Status::Busy, "upload limit reached").await;
         }
-        let location = match self.provider.locate(request).await {
+        let location = match self.provider.locate(request, peer).await {
             Ok(location) => location,
             Err(refusal) => return refuse(stream, refusal.status, &refusal.reason).await,
         };
