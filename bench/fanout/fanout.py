@@ -134,6 +134,30 @@ class Run:
                 p.wait()
 
 
+def metrics_of(tb, h):
+    r = tb.run(h, ["curl", "-s", "http://127.0.0.1:65003/metrics"], capture_output=True, text=True)
+    values = {}
+    for line in r.stdout.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def debug_report(run, size):
+    """Per-host upload and download shares, to see where a swarm stalls."""
+    for h in [1] + run.hosts:
+        m = metrics_of(run.tb, h)
+        up = sum(v for k, v in m.items() if k.startswith("dffs_upload_bytes_total"))
+        peer = sum(v for k, v in m.items() if k.startswith("dffs_download_bytes_total") and 'source="peer"' in k)
+        origin = sum(v for k, v in m.items() if k.startswith("dffs_download_bytes_total") and 'source="origin"' in k)
+        redirects = sum(v for k, v in m.items() if k.startswith("dffs_upload_redirects_total"))
+        followed = {k.split('result="')[1][:-2]: v for k, v in m.items() if k.startswith("dffs_redirects_followed_total")}
+        fails = {k.split('reason="')[1].split('"')[0]: v for k, v in m.items() if k.startswith("dffs_piece_failures_total")}
+        print(f"    host {h}: up {up / size:5.2f} copies, from peers {peer / size:4.2f}, from origin {origin / size:4.2f}, "
+              f"redirects sent {redirects:.0f}, followed {followed}, failures {fails}", flush=True)
+
+
 def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit):
     work = Path(tempfile.mkdtemp(prefix=f"{scenario}-n{n}-", dir=base))
     run = Run(tb, bins, work, n, url)
@@ -152,6 +176,8 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
                     ends[h], codes[h] = time.monotonic() - t0, p.returncode
             time.sleep(0.01)
         served = json.loads(run.origin("_stats"))["bytes_served"]
+        if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl":
+            debug_report(run, size)
         verified = sum(1 for h in run.hosts if codes[h] == 0 and sha256(run.out(h)) == expected)
     finally:
         run.close()

@@ -49,7 +49,7 @@ pub struct PeerdArgs {
     /// Ranged GETs in flight to the origin per task.
     #[arg(long, default_value_t = 4)]
     pub origin_requests_per_task: usize,
-    /// Piece uploads served at once; more requests are told to go elsewhere.
+    /// Pieces sent to other peers at once; further requests queue.
     #[arg(long, default_value_t = 64)]
     pub max_uploads: u32,
     /// Seconds allowed for connecting to a parent or the origin.

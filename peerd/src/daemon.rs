@@ -56,6 +56,7 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         settings: Settings {
             requests_per_parent: args.requests_per_parent.max(1),
             origin_requests_per_task: args.origin_requests_per_task.max(1),
+            bulk_window: args.download_slots,
             upload_port: advertised.port(),
         },
         seed: args.seed,

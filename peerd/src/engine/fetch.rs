@@ -35,11 +35,12 @@ pub(super) async fn run(
     task: Arc<Task>,
     n: u32,
     priority: Arc<AtomicU8>,
+    via: Option<ParentView>,
     done: watch::Sender<PieceResult>,
 ) {
     let result = async {
         let _slot = engine.inner.slots.acquire(priority.clone()).await;
-        fetch_piece(&engine, &task, n, &priority).await
+        fetch_piece(&engine, &task, n, &priority, via).await
     }
     .await;
     if let Err(e) = &result {
@@ -53,15 +54,22 @@ pub(super) async fn run(
 enum Source {
     Parent(ParentView),
     Origin,
+    /// Someone can serve it but has all the requests it takes from this
+    /// host in flight: wait for one to finish.
+    Busy,
     /// Nobody known can serve it: ask the scheduler again, then retry.
     Refresh,
 }
+
+/// Longest wait for a busy parent before looking again.
+const BUSY_WAIT: Duration = Duration::from_millis(100);
 
 async fn fetch_piece(
     engine: &Engine,
     task: &Arc<Task>,
     n: u32,
-    priority: &AtomicU8,
+    priority: &Arc<AtomicU8>,
+    mut via: Option<ParentView>,
 ) -> Result<(), EngineError> {
     let mut attempts = 0;
     let mut root_failures = 0;
@@ -69,6 +77,9 @@ async fn fetch_piece(
     let mut last_error = None;
     loop {
         if task.has_piece(n) {
+            if let Some(parent) = via.take() {
+                release_parent(task, &parent.host_id);
+            }
             return Ok(());
         }
         if attempts >= MAX_ATTEMPTS {
@@ -80,7 +91,12 @@ async fn fetch_piece(
             }));
         }
         let fallback_to_origin = root_failures >= ROOT_FAILURES_BEFORE_ORIGIN;
-        match choose_source(engine, task, n, fallback_to_origin) {
+        // A parent the caller picked (and counted) goes first.
+        let source = match via.take() {
+            Some(parent) => Source::Parent(parent),
+            None => choose_source(engine, task, n, fallback_to_origin),
+        };
+        match source {
             Source::Parent(parent) => {
                 let level = priority.load(Ordering::Relaxed);
                 let result = from_parent(engine, task, n, &parent, level).await;
@@ -98,14 +114,7 @@ async fn fetch_piece(
                     }
                 }
             }
-            Source::Origin => match origin_fetch::fetch(
-                engine,
-                task,
-                n,
-                priority_label(priority.load(Ordering::Relaxed)),
-            )
-            .await
-            {
+            Source::Origin => match origin_fetch::fetch(engine, task, n, priority).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
@@ -114,8 +123,13 @@ async fn fetch_piece(
                     tokio::time::sleep(backoff(attempts)).await;
                 }
             },
+            Source::Busy => {
+                metrics::counter!("dffs_fetch_waits_total", "why" => "busy_parent").increment(1);
+                let _ = tokio::time::timeout(BUSY_WAIT, task.capacity.notified()).await;
+            }
             Source::Refresh => match refresh_parents(engine, task).await {
                 Ok(()) => {
+                    metrics::counter!("dffs_fetch_waits_total", "why" => "no_source").increment(1);
                     idle_rounds += 1;
                     if idle_rounds > 1 {
                         // Nobody has it yet and no root can fetch it; the
@@ -192,12 +206,20 @@ fn choose_source(engine: &Engine, task: &Task, n: u32, fallback_to_origin: bool)
                 .collect();
             least_loaded(&roots)
         });
+    let saturated = || {
+        state.parents.iter().any(|p| {
+            (p.bitmap.get(n) || p.is_root)
+                && !state.blocked.contains_key(&p.host_id)
+                && state.load.get(&p.host_id).copied().unwrap_or(0) >= cap
+        })
+    };
     match chosen {
         Some(parent) => {
             *state.load.entry(parent.host_id.clone()).or_default() += 1;
             Source::Parent(parent)
         }
         None if state.is_root || fallback_to_origin => Source::Origin,
+        None if saturated() => Source::Busy,
         None => Source::Refresh,
     }
 }
@@ -207,6 +229,8 @@ fn release_parent(task: &Task, host_id: &str) {
     if let Some(load) = state.load.get_mut(host_id) {
         *load = load.saturating_sub(1);
     }
+    drop(state);
+    task.capacity.notify_waiters();
 }
 
 fn block_parent(task: &Task, host_id: &str, for_how_long: Duration) {
@@ -447,5 +471,7 @@ pub(super) async fn refresh_parents(engine: &Engine, task: &Arc<Task>) -> Result
     }
     state.is_root = response.is_root;
     state.parents_at = Some(Instant::now());
+    drop(state);
+    task.capacity.notify_waiters();
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! it; none has a download path of its own.
 
 mod buffers;
+mod bulk;
 mod error;
 mod fanout;
 mod fetch;
@@ -22,7 +23,7 @@ use crate::storage::{Journal, Store};
 use crate::upload::client::PeerClient;
 use api::piece::Layout;
 use api::proto::{
-    OriginError, Priority, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
+    OriginError, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
     report_task_meta_request,
 };
 use api::task::TaskId;
@@ -36,6 +37,8 @@ pub struct Settings {
     pub requests_per_parent: u32,
     /// Ranged GETs in flight to the origin per task.
     pub origin_requests_per_task: usize,
+    /// Pieces a whole-task download keeps in flight.
+    pub bulk_window: usize,
     /// This host's upload port, sent with piece requests so a root can
     /// point later requesters here (see `fanout`).
     pub upload_port: u16,
@@ -341,15 +344,10 @@ impl Engine {
         }
     }
 
-    /// Fetches every missing piece of the task. Pieces are taken in a random order of this host's own, so that
-    /// hosts downloading the same task at once ask for different pieces
-    /// and can trade them, instead of all waiting on the same one.
+    /// Fetches every missing piece of the task (see `bulk` for the order).
     pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
-        use rand::seq::SliceRandom;
         task.touch();
-        let mut order: Vec<u32> = (0..task.layout.piece_count()).collect();
-        order.shuffle(&mut rand::rng());
-        task.ensure(self, order, Priority::Bulk).await
+        bulk::download_all(self, task).await
     }
 
     /// Carries out a seed command: root the task, resolving it first if

@@ -7,6 +7,7 @@ use crate::origin::Body;
 use api::digest::PieceDigest;
 use api::proto;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 /// Fetches piece `n` from the origin. When the origin turns out to ignore
@@ -15,8 +16,9 @@ pub(super) async fn fetch(
     engine: &Engine,
     task: &Arc<Task>,
     n: u32,
-    priority: &'static str,
+    priority_level: &Arc<AtomicU8>,
 ) -> Result<(), EngineError> {
+    let priority = super::fetch::priority_label(priority_level.load(Ordering::Relaxed));
     loop {
         if task.has_piece(n) {
             return Ok(());
@@ -25,11 +27,7 @@ pub(super) async fn fetch(
             wait_for_stream(task, n).await;
             continue;
         }
-        let _permit = task
-            .origin_gate
-            .acquire()
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
+        let _permit = task.origin_gate.acquire(priority_level.clone()).await;
         if task.has_piece(n) || task.lock().origin == OriginMode::Streaming {
             continue;
         }
@@ -70,13 +68,12 @@ fn learned_ranges_work(engine: &Engine, task: &Task) {
     if state.origin == OriginMode::Unknown {
         state.origin = OriginMode::Ranged;
         drop(state);
-        task.origin_gate.add_permits(
-            engine
-                .inner
-                .settings
-                .origin_requests_per_task
-                .saturating_sub(1),
-        );
+        let more = engine
+            .inner
+            .settings
+            .origin_requests_per_task
+            .saturating_sub(1);
+        task.origin_gate.add_permits(more);
     }
 }
 

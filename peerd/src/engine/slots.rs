@@ -76,6 +76,13 @@ impl Slots {
         rx.await.expect("slot queue dropped a waiter")
     }
 
+    /// Adds `n` slots, handing them to waiters first.
+    pub fn add_permits(self: &Arc<Self>, n: usize) {
+        for _ in 0..n {
+            self.release();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// The result of one piece fetch, shared by all its waiters.
 pub type PieceResult = Option<Result<(), EngineError>>;
@@ -24,12 +24,16 @@ pub struct Task {
     state: Mutex<State>,
     /// Present bytes; bumped whenever a piece becomes present.
     progress: watch::Sender<u64>,
+    /// Signalled when a parent request ends or the parents change, for
+    /// fetches waiting on a busy parent.
+    pub(super) capacity: tokio::sync::Notify,
     /// One parent refresh at a time per task; the others reuse its result.
     pub(super) refresh: tokio::sync::Mutex<()>,
-    /// Concurrent origin requests for this task. It starts at one, until
-    /// the origin shows it honours Range, so an origin that ignores Range
-    /// is not asked for the whole object several times at once.
-    pub(super) origin_gate: Semaphore,
+    /// Concurrent origin requests for this task, granted by priority (a
+    /// child or reader waiting on a piece goes before bulk work). It starts
+    /// at one, until the origin shows it honours Range, so an origin that
+    /// ignores Range is not asked for the whole object several times at once.
+    pub(super) origin_gate: Arc<super::slots::Slots>,
 }
 
 /// A parent as last described by the scheduler.
@@ -120,8 +124,9 @@ impl Task {
                 last_touch: None,
             }),
             progress: watch::channel(present_bytes).0,
+            capacity: tokio::sync::Notify::new(),
             refresh: tokio::sync::Mutex::new(()),
-            origin_gate: Semaphore::new(1),
+            origin_gate: super::slots::Slots::new(1),
         })
     }
 
@@ -190,37 +195,73 @@ impl Task {
         Ok(())
     }
 
-    fn start_fetches(
+    pub(super) fn start_fetches(
         self: &Arc<Self>,
         engine: &Engine,
         pieces: impl IntoIterator<Item = u32>,
         priority: Priority,
     ) -> Vec<watch::Receiver<PieceResult>> {
-        let level = priority as u8;
-        let mut waits = Vec::new();
         let mut state = self.lock();
-        for n in pieces {
-            if state.present.get(n) {
-                continue;
-            }
-            if let Some(inflight) = state.inflight.get(&n) {
-                inflight.priority.fetch_max(level, Ordering::Relaxed);
-                waits.push(inflight.done.clone());
-                continue;
-            }
-            let (tx, rx) = watch::channel(None);
-            let priority = Arc::new(AtomicU8::new(level));
-            state.inflight.insert(
-                n,
-                Inflight {
-                    priority: priority.clone(),
-                    done: rx.clone(),
-                },
-            );
-            waits.push(rx);
-            tokio::spawn(fetch::run(engine.clone(), self.clone(), n, priority, tx));
+        pieces
+            .into_iter()
+            .filter_map(|n| self.start_fetch(engine, &mut state, n, priority, None))
+            .collect()
+    }
+
+    /// Starts fetching piece `n` from `via`, for which the caller has
+    /// already counted one request in `State::load`. If the piece is
+    /// present or already being fetched, that count is given back.
+    pub(super) fn start_fetch_via(
+        self: &Arc<Self>,
+        engine: &Engine,
+        n: u32,
+        priority: Priority,
+        via: ParentView,
+    ) -> Option<watch::Receiver<PieceResult>> {
+        let mut state = self.lock();
+        let started = !state.present.get(n) && !state.inflight.contains_key(&n);
+        if !started && let Some(load) = state.load.get_mut(&via.host_id) {
+            *load = load.saturating_sub(1);
         }
-        waits
+        self.start_fetch(engine, &mut state, n, priority, started.then_some(via))
+    }
+
+    /// The receiver for piece `n`'s fetch, starting one if none runs;
+    /// None when the piece is present.
+    fn start_fetch(
+        self: &Arc<Self>,
+        engine: &Engine,
+        state: &mut State,
+        n: u32,
+        priority: Priority,
+        via: Option<ParentView>,
+    ) -> Option<watch::Receiver<PieceResult>> {
+        let level = priority as u8;
+        if state.present.get(n) {
+            return None;
+        }
+        if let Some(inflight) = state.inflight.get(&n) {
+            inflight.priority.fetch_max(level, Ordering::Relaxed);
+            return Some(inflight.done.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        let priority = Arc::new(AtomicU8::new(level));
+        state.inflight.insert(
+            n,
+            Inflight {
+                priority: priority.clone(),
+                done: rx.clone(),
+            },
+        );
+        tokio::spawn(fetch::run(
+            engine.clone(),
+            self.clone(),
+            n,
+            priority,
+            via,
+            tx,
+        ));
+        Some(rx)
     }
 
     /// Waits up to `limit` for piece `n` if a fetch of it is under way,

@@ -44,17 +44,26 @@ pub trait PieceProvider: Send + Sync + 'static {
 pub struct UploadServer<P> {
     provider: Arc<P>,
     limit: ByteLimit,
-    max_uploads: u32,
+    /// Pieces being sent at once. Few sends at full speed finish each
+    /// piece sooner than many slow ones, so a receiver can pass it on
+    /// sooner; the other requests queue for their turn.
+    sending: Arc<tokio::sync::Semaphore>,
+    /// Requests answered or queued; past `max_queued` they are refused.
     in_flight: Arc<AtomicU32>,
+    max_queued: u32,
 }
+
+/// Requests a host queues before it answers Busy.
+const MAX_QUEUED: u32 = 512;
 
 impl<P: PieceProvider> UploadServer<P> {
     pub fn new(provider: Arc<P>, limit: ByteLimit, max_uploads: u32) -> Self {
         UploadServer {
             provider,
             limit,
-            max_uploads,
+            sending: Arc::new(tokio::sync::Semaphore::new(max_uploads.max(1) as usize)),
             in_flight: Arc::new(AtomicU32::new(0)),
+            max_queued: MAX_QUEUED.max(max_uploads),
         }
     }
 
@@ -107,15 +116,20 @@ impl<P: PieceProvider> UploadServer<P> {
         request: PieceRequest,
         peer: std::net::SocketAddr,
     ) -> io::Result<()> {
-        let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_uploads;
+        let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_queued;
         let _guard = InFlight(&self.in_flight);
         if busy {
-            return refuse(stream, Status::Busy, "upload limit reached").await;
+            return refuse(stream, Status::Busy, "upload queue full").await;
         }
         let location = match self.provider.locate(request, peer).await {
             Ok(location) => location,
             Err(refusal) => return refuse(stream, refusal.status, &refusal.reason).await,
         };
+        let _turn = self
+            .sending
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let header = ResponseHeader {
             status: Status::Ok,
             length: location.length,

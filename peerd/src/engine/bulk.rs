@@ -1,0 +1,177 @@
+//! Whole-task downloads (dfget, the seed, preheat): which piece next, and
+//! from whom.
+//!
+//! Requests are planned per parent, like a BitTorrent client pipelines
+//! requests per peer: every parent with room for another request from this
+//! host is given the rarest piece it holds that this host still lacks.
+//! Rarest first spreads pieces so that every host soon has something the
+//! others want. Plain peers are used before the root, whose uplink is kept
+//! for pieces nobody else has; the root is asked for pieces it holds first,
+//! then for any piece, which it fetches from the origin on demand. Ties are
+//! broken at random, so hosts that start together ask for different pieces
+//! and can trade them.
+//!
+//! A host that is itself the root fetches everything from the origin, in
+//! order.
+
+use super::task::{ParentView, PieceResult, State, Task};
+use super::{Engine, EngineError, fetch};
+use api::proto::Priority;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::seq::SliceRandom;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How often the parents' bitmaps are refreshed while downloading: at
+/// 100 Mbit/s about one piece arrives somewhere in that time.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+/// How long to wait for news (a finished piece, fresh parents) when no
+/// request can be planned.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+pub(super) async fn download_all(engine: &Engine, task: &Arc<Task>) -> Result<(), EngineError> {
+    let window = engine.inner.settings.bulk_window.max(1);
+    let cap = engine.inner.settings.requests_per_parent;
+    let mut waiting = FuturesUnordered::new();
+    let mut chosen = HashSet::new();
+    let mut refreshed: Option<Instant> = None;
+    while !task.is_complete() {
+        let is_root = task.lock().is_root;
+        if !is_root && refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
+            refreshed = Some(Instant::now());
+            let (engine, task) = (engine.clone(), task.clone());
+            tokio::spawn(async move {
+                let _ = fetch::refresh_parents(&engine, &task).await;
+            });
+        }
+        let room = window.saturating_sub(waiting.len());
+        let started: Vec<watch::Receiver<PieceResult>> = if is_root {
+            in_order(task, &chosen, room)
+                .into_iter()
+                .inspect(|n| {
+                    chosen.insert(*n);
+                })
+                .flat_map(|n| task.start_fetches(engine, [n], Priority::Bulk))
+                .collect()
+        } else {
+            plan(task, &mut chosen, cap, room)
+                .into_iter()
+                .filter_map(|(n, via)| task.start_fetch_via(engine, n, Priority::Bulk, via))
+                .collect()
+        };
+        for mut done in started {
+            waiting.push(async move {
+                let result = done
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| EngineError::ShuttingDown)?
+                    .clone();
+                result.expect("waited for Some")
+            });
+        }
+        if waiting.is_empty() {
+            // Nothing to ask anyone yet (no parents known, or all busy).
+            let _ = tokio::time::timeout(IDLE_WAIT, task.capacity.notified()).await;
+            continue;
+        }
+        // Re-plan when a piece lands, or when a parent frees up or the
+        // parents change.
+        tokio::select! {
+            result = waiting.next() => {
+                if let Some(result) = result {
+                    result?;
+                }
+            }
+            _ = tokio::time::timeout(IDLE_WAIT, task.capacity.notified()) => {}
+        }
+    }
+    Ok(())
+}
+
+fn in_order(task: &Task, chosen: &HashSet<u32>, room: usize) -> Vec<u32> {
+    let state = task.lock();
+    state
+        .present
+        .iter_zeros()
+        .filter(|n| !chosen.contains(n))
+        .take(room)
+        .collect()
+}
+
+/// Requests for parents with room, at most `room` of them, each counted
+/// in the parent's load at once.
+fn plan(task: &Task, chosen: &mut HashSet<u32>, cap: u32, room: usize) -> Vec<(u32, ParentView)> {
+    let mut state = task.lock();
+    let now = Instant::now();
+    let count = task.layout.piece_count();
+    // How many plain parents hold each piece.
+    let mut holders = vec![0u32; count as usize];
+    for p in state.parents.iter().filter(|p| !p.is_root) {
+        for n in p.bitmap.iter_ones() {
+            holders[n as usize] += 1;
+        }
+    }
+    let mut parents: Vec<ParentView> = state
+        .parents
+        .iter()
+        .filter(|p| {
+            state
+                .blocked
+                .get(&p.host_id)
+                .is_none_or(|until| *until <= now)
+        })
+        .cloned()
+        .collect();
+    parents.shuffle(&mut rand::rng());
+    // Plain peers first: the root only gets what is left of the room.
+    parents.sort_by_key(|p| p.is_root);
+    let mut plans = Vec::new();
+    for parent in parents {
+        while plans.len() < room && load(&state, &parent) < cap {
+            let Some(n) = best_piece(&state, &parent, &holders, chosen) else {
+                break;
+            };
+            chosen.insert(n);
+            *state.load.entry(parent.host_id.clone()).or_default() += 1;
+            plans.push((n, parent.clone()));
+        }
+    }
+    plans
+}
+
+fn load(state: &State, parent: &ParentView) -> u32 {
+    state.load.get(&parent.host_id).copied().unwrap_or(0)
+}
+
+/// The piece to ask `parent` for: the rarest it holds; from the root, one
+/// it holds before one it must fetch.
+fn best_piece(
+    state: &State,
+    parent: &ParentView,
+    holders: &[u32],
+    chosen: &HashSet<u32>,
+) -> Option<u32> {
+    state
+        .present
+        .iter_zeros()
+        .filter(|n| !chosen.contains(n))
+        // Nobody but the root has it, or this parent has it.
+        .filter(|&n| {
+            if parent.is_root {
+                holders[n as usize] == 0
+            } else {
+                parent.bitmap.get(n)
+            }
+        })
+        .map(|n| {
+            let root_must_fetch = parent.is_root && !parent.bitmap.get(n);
+            (
+                (root_must_fetch, holders[n as usize], rand::random::<u32>()),
+                n,
+            )
+        })
+        .min()
+        .map(|(_, n)| n)
+}
