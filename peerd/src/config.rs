@@ -52,6 +52,23 @@ pub struct PeerdArgs {
     /// Pieces sent to other peers at once; further requests queue.
     #[arg(long, default_value_t = 64)]
     pub max_uploads: u32,
+    /// Most bytes the piece cache may hold (K, M, G suffixes; 0 = no limit).
+    /// Least recently used tasks are deleted past it.
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub cache_max_bytes: u64,
+    /// Delete least recently used tasks when the data directory's disk is
+    /// this full (percent)...
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub disk_high_percent: u8,
+    /// ... until it is down to this (percent).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub disk_low_percent: u8,
+    /// Seconds between cache collections.
+    #[arg(long, default_value_t = 10)]
+    pub gc_interval_seconds: u64,
+    /// Tasks used in the last this many seconds are never collected.
+    #[arg(long, default_value_t = 60)]
+    pub gc_keep_recent_seconds: u64,
     /// Seconds allowed for connecting to a parent or the origin.
     #[arg(long, default_value_t = 5)]
     pub connect_timeout_seconds: u64,

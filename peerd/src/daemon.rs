@@ -88,6 +88,14 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
             tokio::time::sleep(keepalive.unwrap_or(Duration::from_secs(5))).await;
         }
     });
+    let quota = crate::engine::gc::Quota {
+        max_bytes: args.cache_max_bytes,
+        disk_high_percent: args.disk_high_percent,
+        disk_low_percent: args.disk_low_percent.min(args.disk_high_percent),
+        interval: Duration::from_secs(args.gc_interval_seconds.max(1)),
+        keep_recent: Duration::from_secs(args.gc_keep_recent_seconds),
+    };
+    tokio::spawn(crate::engine::gc::run(engine.clone(), quota));
     if args.seed {
         for index in 0..engine.inner.link.scheduler_count() {
             tokio::spawn(crate::seed::run_session(engine.clone(), index));

@@ -35,10 +35,15 @@ impl ByteLimit {
         self.0.is_some()
     }
 
-    /// Waits until `bytes` (at most [`CHUNK`]) may pass.
+    /// Waits until `bytes` may pass, taking them a chunk at a time.
     pub async fn take(&self, bytes: usize) {
         if let Some(limiter) = &self.0 {
-            limiter.acquire(bytes.min(CHUNK)).await;
+            let mut left = bytes;
+            while left > 0 {
+                let step = left.min(CHUNK);
+                limiter.acquire(step).await;
+                left -= step;
+            }
         }
     }
 }

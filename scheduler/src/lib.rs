@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8003")]
     pub metrics_addr: SocketAddr,
     /// Parents offered to a peer per request.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 20)]
     pub max_parents: usize,
     /// Seconds between host keepalives.
     #[arg(long, default_value_t = 5)]

@@ -2,9 +2,11 @@
 //!
 //! A child is offered the parents most likely to deliver what it lacks
 //! soon: those holding many pieces it lacks, with free upload capacity, a
-//! good recent speed and few recent failures. A little randomness spreads
-//! children that look alike over different parents instead of piling them
-//! onto the single best one. The task's root is always offered, because it
+//! good recent speed and few recent failures. A random term as large as
+//! any of those spreads children that look alike over different parents:
+//! in a swarm every peer looks about as good as the next, and ranking
+//! them all the same way would pile every child onto the same few uplinks
+//! while the rest stay idle. The task's root is always offered, because it
 //! can fetch any piece from the origin.
 //!
 //! Parents never form a cycle for any piece: a peer serves only pieces it
@@ -42,7 +44,7 @@ pub fn rank<'a>(
             if useful == 0 && !c.is_root {
                 return None;
             }
-            let score = score(child, &c, useful) + rng.random_range(0.0..0.1);
+            let score = score(child, &c, useful) + rng.random_range(0.0..1.0);
             Some((score, c))
         })
         .collect();
@@ -70,5 +72,5 @@ fn score(child: &Bitmap, c: &Candidate<'_>, useful: u32) -> f64 {
     let busy = (f64::from(c.host.info.uploads_in_flight) / UPLOAD_SLOTS).min(1.0);
     let speed = c.host.speed / (c.host.speed + SPEED_HALF);
     let failures = c.host.failures.min(10.0);
-    2.0 * held + (1.0 - busy) + speed - 0.3 * failures
+    held + (1.0 - busy) + 0.5 * speed - 0.3 * failures
 }

@@ -33,7 +33,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            max_parents: 8,
+            max_parents: 20,
             keepalive: Duration::from_secs(5),
             host_timeout: Duration::from_secs(20),
             isolation: Duration::from_secs(600),

@@ -368,3 +368,40 @@ fn an_edited_download_is_not_served_through_the_mount() {
         "the mount must not serve the edited bytes"
     );
 }
+
+#[test]
+fn dffs_add_errors_are_one_clear_line() {
+    let cluster = Cluster::start(true, 1);
+    let (origin, _) = origin_with(&cluster, "present.bin", MIB, &[]);
+    let peer = &cluster.peers[0];
+    let add = |url: &str| {
+        Command::new(tests::bin("dffs"))
+            .args(["add", url, "--socket"])
+            .arg(&peer.socket)
+            .output()
+            .unwrap()
+    };
+    let cases = [
+        ("not a url".to_string(), 2, "invalid URL 'not a url'"),
+        (origin.url("absent.bin"), 4, "404"),
+        (
+            format!("http://127.0.0.1:{}/x", tests::free_port()),
+            4,
+            "cannot reach origin",
+        ),
+    ];
+    for (url, code, needle) in cases {
+        let out = add(&url);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{url}: {stderr}");
+        assert!(
+            stderr.starts_with("dffs: ") && stderr.contains(needle),
+            "{url}: {stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty(), "no task-id on failure");
+    }
+    let ok = add(&origin.url("present.bin"));
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim().len(), 64);
+}

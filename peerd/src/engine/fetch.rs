@@ -281,6 +281,7 @@ async fn from_parent(
             source.addr
         )));
     }
+    tracing::trace!(task = %task.id, piece = n, from = %source.addr, ms = elapsed.as_millis() as u64, "piece received");
     if task.store_piece(engine, n, &buf, digest)? {
         let label = priority_label(level);
         metrics::counter!("dffs_download_bytes_total", "source" => "peer", "priority" => label)

@@ -7,6 +7,7 @@ mod bulk;
 mod error;
 mod fanout;
 mod fetch;
+pub mod gc;
 pub mod link;
 mod origin_fetch;
 mod serve;
@@ -127,7 +128,8 @@ impl Engine {
     pub fn task(&self, id: &TaskId) -> Option<Arc<Task>> {
         let task = self.tasks_map().get(id).cloned()?;
         if task.file.modified_since_seal() {
-            self.evict(&task, "its content was modified outside peerd");
+            tracing::warn!(task = %task.id, "its cached content was modified outside peerd");
+            self.evict(&task, "modified");
             return None;
         }
         Some(task)
@@ -135,9 +137,9 @@ impl Engine {
 
     /// Forgets a task and deletes its files (hard links to them elsewhere
     /// keep their bytes).
-    pub fn evict(&self, task: &Arc<Task>, why: &str) {
-        tracing::warn!(task = %task.id, "dropping the cached task: {why}");
-        metrics::counter!("dffs_cache_evictions_total", "reason" => "modified").increment(1);
+    pub fn evict(&self, task: &Arc<Task>, why: &'static str) {
+        tracing::info!(task = %task.id, "dropping the cached task: {why}");
+        metrics::counter!("dffs_cache_evictions_total", "reason" => why).increment(1);
         self.tasks_map().remove(&task.id);
         if let Err(e) = self.inner.store.remove(&task.id) {
             tracing::warn!(task = %task.id, "cannot delete the task's files: {e}");

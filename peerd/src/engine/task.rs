@@ -73,6 +73,13 @@ pub struct State {
     last_touch: Option<Instant>,
 }
 
+impl State {
+    /// Whether any fetch of this task is in progress.
+    pub fn has_fetches(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+}
+
 struct Inflight {
     priority: Arc<AtomicU8>,
     done: watch::Receiver<PieceResult>,
