@@ -133,6 +133,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.nginx_port};
         root {self.origin_dir};
+        autoindex on;  # rclone's http remote lists directories
     }}
 }}
 """)

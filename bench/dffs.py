@@ -76,9 +76,11 @@ def main():
                                                    f"http://127.0.0.1:{b.nginx_port}/", "--read-only"])
                 wait_until("rclone mount", lambda: mounted(rmnt))
                 read_all(b.origin_dir / "big.bin")  # nginx's file in the page cache
-                cold_rclone.append(read_all(rmnt / "big.bin"))
-                umount(rmnt)
-                b.procs.stop(rp)
+                try:
+                    cold_rclone.append(read_all(rmnt / "big.bin"))
+                finally:
+                    umount(rmnt)
+                    b.procs.stop(rp)
 
         # 3. cold random 4 KiB reads
         child = b.start_peer("random-child")

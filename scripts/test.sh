@@ -2,6 +2,9 @@
 # Runs every check and test of the workspace, installing what a fresh
 # machine lacks. This is the README's test command and what CI runs.
 set -euo pipefail
+# Nothing here reads input; a stray stdin (a pipe from a job runner) must
+# not reach the tools either.
+exec </dev/null
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 require_root "$@"
