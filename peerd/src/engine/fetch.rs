@@ -258,7 +258,10 @@ async fn from_parent(
     let expected = task.layout.piece_len(n);
     let started = Instant::now();
     let mut buf = inner.buffers.take(expected as usize);
-    let source = transfer(engine, task, n, parent, request, &mut buf).await?;
+    metrics::gauge!("dffs_transfers_in_flight").increment(1.0);
+    let source = transfer(engine, task, n, parent, request, &mut buf).await;
+    metrics::gauge!("dffs_transfers_in_flight").decrement(1.0);
+    let source = source?;
     let elapsed = started.elapsed();
     let digest = match task.digest(n) {
         Some(d) => d,
