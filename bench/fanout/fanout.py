@@ -115,7 +115,8 @@ class Run:
             mnt.mkdir()
             log = open(self.work / f"dffs{h}.log", "ab")
             p = subprocess.Popen([str(self.bins / "dffs"), "mount", str(mnt), "--socket", str(self.socket(h)), "-f",
-                                  "--metrics-addr", "none", "--timeout", "600"], stdout=log, stderr=log)
+                                  "--metrics-addr", "none", "--timeout", "600",
+                                  *os.environ.get("DFFS_MOUNT_ARGS", "").split()], stdout=log, stderr=log)
             self.daemons.append(p)
             wait_until(f"dffs mount {h}", lambda: mounted(mnt))
             self.mounts.append(mnt)

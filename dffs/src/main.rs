@@ -40,7 +40,7 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
         /// Largest read-ahead window for sequential readers, in MiB (0: off).
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 128)]
         readahead_mib: u64,
         /// Serve complete tasks through dffs even if the kernel offers passthrough.
         #[arg(long)]

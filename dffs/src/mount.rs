@@ -37,7 +37,7 @@ impl MountArgs {
             socket: PathBuf::from("/run/dffs/peerd.sock"),
             foreground: false,
             timeout: 60.0,
-            readahead_mib: 32,
+            readahead_mib: 128,
             read_ahead_kb: 4096,
             passthrough: true,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 65009))),

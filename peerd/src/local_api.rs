@@ -105,9 +105,12 @@ impl Peer for LocalApi {
         let task = self.engine.open_id(id).await.map_err(status)?;
         task.touch();
         let pieces = task.layout.pieces_covering(req.offset, req.length);
-        task.ensure(&self.engine, pieces, priority)
-            .await
-            .map_err(status)?;
+        let fetched = if priority == Priority::Prefetch {
+            self.engine.prefetch(&task, pieces).await
+        } else {
+            task.ensure(&self.engine, pieces, priority).await
+        };
+        fetched.map_err(status)?;
         Ok(Response::new(EnsureRangeResponse {
             complete: task.is_complete(),
             content_path: task.file.content_path().to_string_lossy().into_owned(),

@@ -1,5 +1,5 @@
-//! Whole-task downloads (dfget, the seed, preheat): which piece next, and
-//! from whom.
+//! Downloads of many pieces at once (dfget, the seed, preheat, a lazy
+//! reader's read-ahead window): which piece next, and from whom.
 //!
 //! Requests are planned per parent, like a BitTorrent client pipelines
 //! requests per peer: every parent with room for another request from this
@@ -20,6 +20,7 @@ use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::seq::SliceRandom;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,13 +32,19 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-pub(super) async fn download_all(engine: &Engine, task: &Arc<Task>) -> Result<(), EngineError> {
+/// Fetches every missing piece of `wanted` at `priority`.
+pub(super) async fn download(
+    engine: &Engine,
+    task: &Arc<Task>,
+    wanted: Range<u32>,
+    priority: Priority,
+) -> Result<(), EngineError> {
     let window = engine.inner.settings.bulk_window.max(1);
     let cap = engine.inner.settings.requests_per_parent;
     let mut waiting = FuturesUnordered::new();
     let mut chosen = HashSet::new();
     let mut refreshed: Option<Instant> = None;
-    while !task.is_complete() {
+    while !all_present(task, &wanted) {
         let is_root = task.lock().is_root;
         if !is_root && refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
             refreshed = Some(Instant::now());
@@ -48,17 +55,17 @@ pub(super) async fn download_all(engine: &Engine, task: &Arc<Task>) -> Result<()
         }
         let room = window.saturating_sub(waiting.len());
         let started: Vec<watch::Receiver<PieceResult>> = if is_root {
-            in_order(task, &chosen, room)
+            in_order(task, &wanted, &chosen, room)
                 .into_iter()
                 .inspect(|n| {
                     chosen.insert(*n);
                 })
-                .flat_map(|n| task.start_fetches(engine, [n], Priority::Bulk))
+                .flat_map(|n| task.start_fetches(engine, [n], priority))
                 .collect()
         } else {
-            plan(task, &mut chosen, cap, room)
+            plan(task, &wanted, &mut chosen, cap, room)
                 .into_iter()
-                .filter_map(|(n, via)| task.start_fetch_via(engine, n, Priority::Bulk, via))
+                .filter_map(|(n, via)| task.start_fetch_via(engine, n, priority, via))
                 .collect()
         };
         for mut done in started {
@@ -90,19 +97,35 @@ pub(super) async fn download_all(engine: &Engine, task: &Arc<Task>) -> Result<()
     Ok(())
 }
 
-fn in_order(task: &Task, chosen: &HashSet<u32>, room: usize) -> Vec<u32> {
+fn all_present(task: &Task, wanted: &Range<u32>) -> bool {
     let state = task.lock();
-    state
-        .present
-        .iter_zeros()
-        .filter(|n| !chosen.contains(n))
-        .take(room)
-        .collect()
+    wanted.clone().all(|n| state.present.get(n))
+}
+
+fn missing<'a>(
+    state: &'a State,
+    wanted: &Range<u32>,
+    chosen: &'a HashSet<u32>,
+) -> impl Iterator<Item = u32> + 'a {
+    wanted
+        .clone()
+        .filter(move |n| !state.present.get(*n) && !chosen.contains(n))
+}
+
+fn in_order(task: &Task, wanted: &Range<u32>, chosen: &HashSet<u32>, room: usize) -> Vec<u32> {
+    let state = task.lock();
+    missing(&state, wanted, chosen).take(room).collect()
 }
 
 /// Requests for parents with room, at most `room` of them, each counted
 /// in the parent's load at once.
-fn plan(task: &Task, chosen: &mut HashSet<u32>, cap: u32, room: usize) -> Vec<(u32, ParentView)> {
+fn plan(
+    task: &Task,
+    wanted: &Range<u32>,
+    chosen: &mut HashSet<u32>,
+    cap: u32,
+    room: usize,
+) -> Vec<(u32, ParentView)> {
     let mut state = task.lock();
     let now = Instant::now();
     let count = task.layout.piece_count();
@@ -130,7 +153,7 @@ fn plan(task: &Task, chosen: &mut HashSet<u32>, cap: u32, room: usize) -> Vec<(u
     let mut plans = Vec::new();
     for parent in parents {
         while plans.len() < room && load(&state, &parent) < cap {
-            let Some(n) = best_piece(&state, &parent, &holders, chosen) else {
+            let Some(n) = best_piece(&state, wanted, &parent, &holders, chosen) else {
                 break;
             };
             chosen.insert(n);
@@ -149,14 +172,12 @@ fn load(state: &State, parent: &ParentView) -> u32 {
 /// it holds before one it must fetch.
 fn best_piece(
     state: &State,
+    wanted: &Range<u32>,
     parent: &ParentView,
     holders: &[u32],
     chosen: &HashSet<u32>,
 ) -> Option<u32> {
-    state
-        .present
-        .iter_zeros()
-        .filter(|n| !chosen.contains(n))
+    missing(state, wanted, chosen)
         // Nobody but the root has it, or this parent has it.
         .filter(|&n| {
             if parent.is_root {

@@ -24,7 +24,7 @@ use crate::storage::{Journal, Store};
 use crate::upload::client::PeerClient;
 use api::piece::Layout;
 use api::proto::{
-    OriginError, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
+    OriginError, Priority, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
     report_task_meta_request,
 };
 use api::task::TaskId;
@@ -349,7 +349,17 @@ impl Engine {
     /// Fetches every missing piece of the task (see `bulk` for the order).
     pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
         task.touch();
-        bulk::download_all(self, task).await
+        bulk::download(self, task, 0..task.layout.piece_count(), Priority::Bulk).await
+    }
+
+    /// Fetches the pieces covering a read-ahead window, choosing among
+    /// them like a whole-task download does, at prefetch priority.
+    pub async fn prefetch(
+        &self,
+        task: &Arc<Task>,
+        pieces: std::ops::Range<u32>,
+    ) -> Result<(), EngineError> {
+        bulk::download(self, task, pieces, Priority::Prefetch).await
     }
 
     /// Carries out a seed command: root the task, resolving it first if
