@@ -28,33 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Mount the filesystem (stays in the background unless -f).
-    Mount {
-        mountpoint: PathBuf,
-        /// peerd's Unix socket.
-        #[arg(long, default_value = "/run/dffs/peerd.sock")]
-        socket: PathBuf,
-        /// Stay in the foreground, logging to stderr.
-        #[arg(short, long)]
-        foreground: bool,
-        /// Seconds a read may wait for its bytes before failing with EIO.
-        #[arg(long, default_value_t = 60.0)]
-        timeout: f64,
-        /// Largest read-ahead window for sequential readers, in MiB (0: off).
-        #[arg(long, default_value_t = 128)]
-        readahead_mib: u64,
-        /// Serve complete tasks through dffs even if the kernel offers passthrough.
-        #[arg(long)]
-        no_passthrough: bool,
-        /// Prometheus metrics at http://ADDR/metrics ("none" to disable).
-        #[arg(long, default_value = "127.0.0.1:65009")]
-        metrics_addr: String,
-        /// Where a background mount logs.
-        #[arg(long)]
-        log_file: Option<PathBuf>,
-        /// More options, comma-separated, as with mount -o.
-        #[arg(short = 'o')]
-        options: Option<String>,
-    },
+    Mount(MountCli),
     /// Register a URL with the cluster without downloading it; prints its task-id.
     Add {
         url: String,
@@ -68,6 +42,74 @@ enum Command {
         #[arg(long, default_value = "")]
         application: String,
     },
+}
+
+/// `dffs mount` flags. Each is also a mount option (`-o key=value`) and a
+/// key of the `--config` file; unset flags leave the file's value.
+#[derive(clap::Args, Debug)]
+struct MountCli {
+    mountpoint: PathBuf,
+    /// peerd's Unix socket [default: /run/dffs/peerd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Stay in the foreground, logging to stderr.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Seconds a read may wait for its bytes before failing with EIO [default: 60].
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Largest read-ahead window for sequential readers, in MiB, 0 for none [default: 128].
+    #[arg(long)]
+    readahead_mib: Option<u64>,
+    /// Serve complete tasks through dffs even if the kernel offers passthrough.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Prometheus metrics at http://ADDR/metrics, "none" to disable [default: 127.0.0.1:65009].
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Where a background mount logs.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// More options, comma-separated, as with mount -o.
+    #[arg(short = 'o')]
+    options: Option<String>,
+    /// TOML file whose keys are the mount options; flags win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl MountCli {
+    /// The options this command line sets, in the order they apply:
+    /// the config file, then the flags, then -o.
+    fn options(&self) -> Vec<String> {
+        let mut options = Vec::new();
+        if let Some(c) = &self.config {
+            options.push(format!("config={}", c.display()));
+        }
+        if let Some(s) = &self.socket {
+            options.push(format!("socket={}", s.display()));
+        }
+        if let Some(t) = self.timeout {
+            options.push(format!("timeout={t}"));
+        }
+        if let Some(r) = self.readahead_mib {
+            options.push(format!("readahead_mib={r}"));
+        }
+        if let Some(m) = &self.metrics_addr {
+            options.push(format!("metrics_addr={m}"));
+        }
+        if let Some(l) = &self.log_file {
+            options.push(format!("log_file={}", l.display()));
+        }
+        if self.no_passthrough {
+            options.push("passthrough=0".into());
+        }
+        if self.foreground {
+            options.push("foreground".into());
+        }
+        options.extend(self.options.iter().cloned());
+        options
+    }
 }
 
 /// `mount.dffs SPEC DIR [-sfnv] [-o OPTIONS]`, as mount(8) calls it.
@@ -107,38 +149,24 @@ fn main() {
                 tag,
                 application,
             } => add(url, socket, headers, tag, application),
-            Command::Mount {
-                mountpoint,
-                socket,
-                foreground,
-                timeout,
-                readahead_mib,
-                no_passthrough,
-                metrics_addr,
-                log_file,
-                options,
-            } => {
-                let mut args = MountArgs::new(mountpoint);
-                args.socket = socket;
-                args.foreground = foreground;
-                args.timeout = timeout;
-                args.readahead_mib = readahead_mib;
-                args.passthrough = !no_passthrough;
-                args.log_file = log_file;
-                let mut extra = format!("metrics_addr={metrics_addr}");
-                if let Some(o) = options {
-                    extra = format!("{extra},{o}");
-                }
-                args.apply_options(&extra)
+            Command::Mount(cli) => {
+                let mut args = MountArgs::new(cli.mountpoint.clone());
+                cli.options()
+                    .iter()
+                    .try_for_each(|o| args.apply_options(o))
                     .map_err(|e| fail(exit::USAGE, e))
                     .and_then(|()| run_mount(args))
             }
         }
     };
     if let Err(failure) = result {
-        eprintln!("dffs: {}", failure.message);
-        std::process::exit(failure.code);
+        exit_with(failure);
     }
+}
+
+fn exit_with(failure: Failure) -> ! {
+    eprintln!("dffs: {}", failure.message);
+    std::process::exit(failure.code)
 }
 
 fn mount_helper(helper: MountHelper) -> Result<(), Failure> {

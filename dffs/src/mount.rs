@@ -76,6 +76,7 @@ impl MountArgs {
                         Some(value.parse().map_err(|_| bad("expected IP:PORT or none"))?)
                 }
                 "log_file" if !value.is_empty() => self.log_file = Some(PathBuf::from(value)),
+                "config" if !value.is_empty() => self.apply_config_file(Path::new(value))?,
                 "foreground" => self.foreground = true,
                 // Passed by mount(8) or fstab; meaningless or implied here.
                 "rw"
@@ -102,10 +103,37 @@ impl MountArgs {
                 _ if key.starts_with("x-") || key.starts_with("comment=") => {}
                 _ => {
                     return Err(bad(
-                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, metrics_addr, log_file",
+                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, metrics_addr, log_file, config",
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl MountArgs {
+    /// Applies a TOML file whose keys are the mount options
+    /// (`socket = "/run/dffs/peerd.sock"`, `timeout = 30`, ...).
+    pub fn apply_config_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            format!(
+                "config file {} is not valid TOML: {}",
+                path.display(),
+                e.message()
+            )
+        })?;
+        for (key, value) in table {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Boolean(b) => (if b { "1" } else { "0" }).to_string(),
+                other => other.to_string(),
+            };
+            let key = key.replace('-', "_");
+            self.apply_options(&format!("{key}={value}"))
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
         }
         Ok(())
     }
@@ -295,6 +323,33 @@ mod tests {
         assert_eq!(args.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(args.timeout, 2.5);
         assert_eq!(args.metrics_addr, None);
+    }
+
+    #[test]
+    fn a_config_file_sets_options() {
+        let dir = std::env::temp_dir().join(format!("dffs-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dffs.toml");
+        std::fs::write(
+            &file,
+            "socket = \"/run/y.sock\"\ntimeout = 7\npassthrough = false\n",
+        )
+        .unwrap();
+        let mut args = MountArgs::new(PathBuf::from("/dfly"));
+        args.apply_options(&format!("config={}", file.display()))
+            .unwrap();
+        assert_eq!(args.socket, PathBuf::from("/run/y.sock"));
+        assert_eq!(args.timeout, 7.0);
+        assert!(!args.passthrough);
+        std::fs::write(&file, "speed = 1\n").unwrap();
+        let err = args
+            .apply_options(&format!("config={}", file.display()))
+            .unwrap_err();
+        assert!(
+            err.contains("'speed=1'") && err.contains("dffs.toml"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! it and receive the tasks they should root. Losing a scheduler loses no
 //! data: peers announce themselves again and re-report what they hold.
 
+mod pieces;
 pub mod ranking;
+mod registration;
 pub mod service;
 pub mod state;
 

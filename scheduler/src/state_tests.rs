@@ -1,5 +1,5 @@
 use super::*;
-use api::proto::{BadParent, ReportPiecesRequest};
+use api::proto::{BadParent, PieceDigest, ReportPiecesRequest};
 
 const MIB: u64 = 1 << 20;
 
