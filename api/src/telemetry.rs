@@ -1,4 +1,4 @@
-//! Logs and metrics, set up the same way by every binary.
+//! Logs, metrics and shutdown signals, handled the same way by every daemon.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -67,4 +67,14 @@ pub async fn serve_metrics(addr: SocketAddr) -> Result<PrometheusHandle, Metrics
         }
     });
     Ok(handle)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Linux");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -106,7 +106,7 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         .add_service(PeerServer::new(LocalApi::new(engine.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(socket),
-            shutdown_signal(),
+            api::telemetry::shutdown_signal(),
         )
         .await?;
     tracing::info!("shutting down");
@@ -173,14 +173,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Linux");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -209,6 +209,25 @@ impl Peer {
             .expect("run dfget")
     }
 
+    /// Runs dfget into `name` in this peer's directory, asserting that it
+    /// succeeds and that the output has the SHA-256 `expected`.
+    pub fn dfget_verified(&self, url: &str, name: &str, expected: &str) -> PathBuf {
+        let out = self.dir.join(name);
+        let result = self.dfget(url, &out, &[]);
+        assert!(
+            result.status.success(),
+            "dfget failed: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert_eq!(
+            sha256_file(&out),
+            expected,
+            "{} differs from the origin",
+            out.display()
+        );
+        out
+    }
+
     /// One value of this daemon's Prometheus metrics, summed over labels
     /// that contain `labels` (e.g. `source="peer"`).
     pub fn metric(&self, name: &str, labels: &str) -> f64 {
@@ -301,6 +320,22 @@ impl Cluster {
             cluster.peers.push(peer);
         }
         cluster
+    }
+
+    /// The origin's directory, created on first use.
+    pub fn origin_root(&self) -> PathBuf {
+        let root = self.dir.path().join("origin");
+        std::fs::create_dir_all(&root).expect("origin dir");
+        root
+    }
+
+    /// Writes `size` random bytes as `name` in the origin's directory and
+    /// starts an origin (with `flags`) serving it; returns the origin and
+    /// the file's SHA-256.
+    pub fn serve_file(&self, name: &str, size: usize, flags: &[&str]) -> (Origin, String) {
+        let root = self.origin_root();
+        let digest = write_random_file(&root.join(name), size);
+        (Origin::start(&root, flags), digest)
     }
 
     /// Starts one more peerd (or seed, with `binary = "seed"`).

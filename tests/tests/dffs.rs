@@ -10,10 +10,7 @@ use tests::{Cluster, Origin, sha256_file, wait_until, write_random_file};
 const MIB: u64 = 1 << 20;
 
 fn origin_with(cluster: &Cluster, name: &str, size: u64, extra: &[&str]) -> (Origin, String) {
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
-    let digest = write_random_file(&root.join(name), size as usize);
-    (Origin::start(&root, extra), digest)
+    cluster.serve_file(name, size as usize, extra)
 }
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {

@@ -7,22 +7,12 @@ use tests::{Cluster, Origin, sha256_file, write_random_file};
 #[test]
 fn the_download_rate_limit_caps_a_download() {
     let cluster = Cluster::start_with(false, 1, &["--download-rate-limit", "4M"]);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
     let size = 10 << 20;
-    let expected = write_random_file(&root.join("l.bin"), size);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("l.bin", size, &[]);
     let peer = &cluster.peers[0];
     let started = Instant::now();
-    let out = peer.dir.join("l.out");
-    let result = peer.dfget(&origin.url("l.bin"), &out, &[]);
+    peer.dfget_verified(&origin.url("l.bin"), "l.out", &expected);
     let took = started.elapsed().as_secs_f64();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert_eq!(sha256_file(&out), expected);
     // 10 MiB at 4 MiB/s, less the bucket's initial tenth of a second.
     assert!(took >= 2.0, "10 MiB at 4 MiB/s took only {took:.2}s");
 }
@@ -30,11 +20,8 @@ fn the_download_rate_limit_caps_a_download() {
 #[test]
 fn the_upload_rate_limit_caps_what_a_parent_serves() {
     let mut cluster = Cluster::start(false, 0);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
     let size = 10 << 20;
-    let expected = write_random_file(&root.join("u.bin"), size);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("u.bin", size, &[]);
     let parent = cluster.spawn_peer("peerd", "parent", &["--upload-rate-limit", "4M"]);
     assert!(
         parent
@@ -45,15 +32,8 @@ fn the_upload_rate_limit_caps_what_a_parent_serves() {
     cluster.peers.push(parent);
     let child = cluster.spawn_peer("peerd", "child", &[]);
     let started = Instant::now();
-    let out = child.dir.join("u.out");
-    let result = child.dfget(&origin.url("u.bin"), &out, &[]);
+    child.dfget_verified(&origin.url("u.bin"), "u.out", &expected);
     let took = started.elapsed().as_secs_f64();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert_eq!(sha256_file(&out), expected);
     assert_eq!(
         origin.bytes_served(),
         size as u64,

@@ -2,17 +2,14 @@
 //! serves it about once, and a repeat download costs the origin nothing.
 
 use std::time::Duration;
-use tests::{Cluster, Origin, sha256_file, wait_until, write_random_file};
+use tests::{Cluster, sha256_file, wait_until};
 
 const SIZE: usize = 64 << 20;
 
 #[test]
 fn five_peers_share_one_origin_copy() {
     let cluster = Cluster::start(true, 5);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
-    let expected = write_random_file(&root.join("big.bin"), SIZE);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("big.bin", SIZE, &[]);
     let url = origin.url("big.bin");
 
     let outputs: Vec<_> = std::thread::scope(|s| {
@@ -63,14 +60,7 @@ fn five_peers_share_one_origin_copy() {
     // no new request at all (not even a HEAD).
     let requests = origin.requests();
     for peer in &cluster.peers {
-        let out = peer.dir.join("again.out");
-        let result = peer.dfget(&url, &out, &[]);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        assert_eq!(sha256_file(&out), expected);
+        peer.dfget_verified(&url, "again.out", &expected);
     }
     assert_eq!(
         origin.bytes_served(),
@@ -92,21 +82,11 @@ fn five_peers_share_one_origin_copy() {
 #[test]
 fn peers_without_a_seed_still_share() {
     let cluster = Cluster::start(false, 3);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
     let size = 8 << 20;
-    let expected = write_random_file(&root.join("f.bin"), size);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("f.bin", size, &[]);
     let url = origin.url("f.bin");
     for peer in &cluster.peers {
-        let out = peer.dir.join("f.out");
-        let result = peer.dfget(&url, &out, &[]);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        assert_eq!(sha256_file(&out), expected);
+        peer.dfget_verified(&url, "f.out", &expected);
     }
     assert_eq!(
         origin.bytes_served(),
@@ -118,21 +98,11 @@ fn peers_without_a_seed_still_share() {
 #[test]
 fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
     let cluster = Cluster::start(true, 2);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
     let size = (5 << 20) + 12345;
-    let expected = write_random_file(&root.join("norange.bin"), size);
-    let origin = Origin::start(&root, &["--ignore-range"]);
+    let (origin, expected) = cluster.serve_file("norange.bin", size, &["--ignore-range"]);
     let url = origin.url("norange.bin");
     for peer in &cluster.peers {
-        let out = peer.dir.join("norange.out");
-        let result = peer.dfget(&url, &out, &[]);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        assert_eq!(sha256_file(&out), expected);
+        peer.dfget_verified(&url, "norange.out", &expected);
     }
     let served = origin.bytes_served();
     assert!(
@@ -145,10 +115,7 @@ fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
 #[test]
 fn writing_to_a_downloaded_file_does_not_corrupt_the_cache() {
     let cluster = Cluster::start(true, 1);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
-    let expected = write_random_file(&root.join("w.bin"), 3 << 20);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("w.bin", 3 << 20, &[]);
     let url = origin.url("w.bin");
     let peer = &cluster.peers[0];
     let out = peer.dir.join("w.out");

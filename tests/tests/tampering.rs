@@ -2,16 +2,13 @@
 //! detects it, reports the parent, and gets the piece elsewhere.
 
 use tests::tamper::start_tamper_proxy;
-use tests::{Cluster, Origin, sha256_file, write_random_file};
+use tests::{Cluster, sha256_file};
 
 #[test]
 fn a_lying_parent_is_caught_and_avoided() {
     let mut cluster = Cluster::start(false, 0);
-    let root = cluster.dir.path().join("origin");
-    std::fs::create_dir_all(&root).unwrap();
     let size = 6 << 20;
-    let expected = write_random_file(&root.join("t.bin"), size);
-    let origin = Origin::start(&root, &[]);
+    let (origin, expected) = cluster.serve_file("t.bin", size, &[]);
     let url = origin.url("t.bin");
 
     // The liar: a real peerd, advertised to the cluster through a proxy
