@@ -231,6 +231,7 @@ def main():
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
     ap.add_argument("--plot", help="write a PNG plot here")
     ap.add_argument("--no-offloads", action="store_true", help="turn segmentation offloads off on every veth")
+    ap.add_argument("--queue-ms", type=int, default=100, help="tbf queue of every link, in ms of traffic")
     args = ap.parse_args()
     bins = Path(args.bin_dir)
     for name in ("scheduler", "seed", "peerd", "dfget", "dffs", "dffs-test-origin"):
@@ -253,7 +254,8 @@ def main():
           f"{'last/bound':>10} {'origin':>7} {'verified':>8}", flush=True)
     try:
         for n in counts:
-            with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads) as tb:
+            with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads,
+                         queue_ms=args.queue_ms) as tb:
                 origin = tb.spawn(0, [bins / "dffs-test-origin", "--root", origin_dir,
                                       "--listen", f"{tb.ip(0)}:{ORIGIN_PORT}"], base / "origin.log")
                 wait_until("origin", lambda: tb.run(0, ["curl", "-sf", f"http://{tb.ip(0)}:{ORIGIN_PORT}/_stats"],
@@ -271,7 +273,8 @@ def main():
     if args.plot and results:
         plot(results, args.plot)
         print(f"\nplot written to {args.plot}")
-    print(f"\noffloads {'off' if args.no_offloads else 'on'} on every veth; origin uplink {origin_mbit} Mbit/s")
+    print(f"\noffloads {'off' if args.no_offloads else 'on'} on every veth; tbf queue {args.queue_ms} ms; "
+          f"origin uplink {origin_mbit} Mbit/s")
     for r in results:
         print(f"fanout scenario={r['scenario']} n={r['n']} size_mib={r['size_mib']} link_mbit={r['link_mbit']} "
               f"last_over_bound={r['last_over_bound']:.2f} origin_copies={r['origin_copies']:.2f} "

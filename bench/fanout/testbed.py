@@ -40,7 +40,7 @@ def cleanup_leftovers():
 class Testbed:
     """`hosts` namespaces; host i has address 10.77.0.(i+1)."""
 
-    def __init__(self, hosts, rate_mbit=100, origin_up_mbit=None, offloads=True):
+    def __init__(self, hosts, rate_mbit=100, origin_up_mbit=None, offloads=True, queue_ms=100):
         if os.geteuid() != 0:
             sys.exit("error: the fanout testbed needs root (network namespaces, tc)")
         self.tag = f"{PREFIX}{os.getpid() % 100000}"
@@ -49,6 +49,7 @@ class Testbed:
         self.rate = rate_mbit
         self.origin_up = origin_up_mbit or rate_mbit
         self.offloads = offloads
+        self.queue_ms = queue_ms
         self.procs = []
         self.created = []
         atexit.register(self.close)
@@ -93,9 +94,10 @@ class Testbed:
         up = self.origin_up if i == 0 else self.rate
         # Upload: the host's own end. Download: the bridge's end toward it.
         # tbf's burst must hold a whole GSO packet (64 KiB).
-        run("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", f"{up}mbit", "burst", "256kb", "latency", "100ms")
+        latency = f"{self.queue_ms}ms"
+        run("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", f"{up}mbit", "burst", "256kb", "latency", latency)
         sh("tc", "qdisc", "add", "dev", outer, "root", "tbf", "rate", f"{self.rate}mbit", "burst", "256kb",
-           "latency", "100ms")
+           "latency", latency)
 
     def spawn(self, i, argv, log, env=None):
         """Runs argv inside host i's namespace, output to `log`."""

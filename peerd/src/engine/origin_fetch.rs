@@ -45,6 +45,7 @@ pub(super) async fn fetch(
                 )
                 .await?;
                 let digest = PieceDigest::of(&bytes);
+                tracing::trace!(task = %task.id, piece = n, ms = started.elapsed().as_millis() as u64, "piece fetched from the origin");
                 if task.store_piece(engine, n, &bytes, digest)? {
                     metrics::histogram!("dffs_piece_seconds", "source" => "origin")
                         .record(started.elapsed().as_secs_f64());
