@@ -293,6 +293,17 @@ impl Cluster {
 
     /// Like [`Cluster::start`], passing `peer_args` to every peerd.
     pub fn start_with(with_seed: bool, peers: usize, peer_args: &[&str]) -> Cluster {
+        Self::start_full(with_seed, peers, peer_args, &[])
+    }
+
+    /// Like [`Cluster::start_with`], also passing `scheduler_args`, which
+    /// come after (and so override) the test defaults.
+    pub fn start_full(
+        with_seed: bool,
+        peers: usize,
+        peer_args: &[&str],
+        scheduler_args: &[&str],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let scheduler_addr = format!("127.0.0.1:{port}");
@@ -300,7 +311,8 @@ impl Cluster {
         command
             .args(["--listen", &scheduler_addr])
             .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--keepalive-seconds", "1", "--host-timeout-seconds", "5"]);
+            .args(["--keepalive-seconds", "1", "--host-timeout-seconds", "5"])
+            .args(scheduler_args);
         let scheduler = Daemon::spawn("scheduler", command, dir.path().join("scheduler.log"));
         wait_until("scheduler port", Duration::from_secs(20), || {
             std::net::TcpStream::connect(&scheduler_addr).is_ok()

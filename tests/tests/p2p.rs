@@ -144,3 +144,24 @@ fn writing_to_a_downloaded_file_does_not_corrupt_the_cache() {
         "the user's file keeps the edit"
     );
 }
+
+#[test]
+fn a_dead_parent_still_listed_does_not_stall_a_download() {
+    // The scheduler keeps silent hosts for a minute here, so it keeps
+    // offering the dead parent; the child must route around it at once.
+    let mut cluster = Cluster::start_full(false, 2, &[], &["--host-timeout-seconds", "60"]);
+    let (origin, expected) = cluster.serve_file("d.bin", 16 << 20, &[]);
+    let url = origin.url("d.bin");
+    cluster.peers[0].dfget_verified(&url, "d.out", &expected);
+    cluster.peers[1].dfget_verified(&url, "d.out", &expected);
+    // The plain holder dies without leaving the cluster.
+    cluster.peers[1].daemon.kill();
+    let child = cluster.spawn_peer("peerd", "late", &[]);
+    let started = std::time::Instant::now();
+    child.dfget_verified(&url, "d.out", &expected);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "the download waited {took:?} on a dead parent"
+    );
+}

@@ -129,24 +129,21 @@ fn plan(
     let mut state = task.lock();
     let now = Instant::now();
     let count = task.layout.piece_count();
-    // How many plain parents hold each piece.
+    let usable = |p: &&ParentView| {
+        state
+            .blocked
+            .get(&p.host_id)
+            .is_none_or(|until| *until <= now)
+    };
+    // How many usable plain parents hold each piece. A parent that is
+    // blocked (down, or lying) must not keep the root from serving.
     let mut holders = vec![0u32; count as usize];
-    for p in state.parents.iter().filter(|p| !p.is_root) {
+    for p in state.parents.iter().filter(usable).filter(|p| !p.is_root) {
         for n in p.bitmap.iter_ones() {
             holders[n as usize] += 1;
         }
     }
-    let mut parents: Vec<ParentView> = state
-        .parents
-        .iter()
-        .filter(|p| {
-            state
-                .blocked
-                .get(&p.host_id)
-                .is_none_or(|until| *until <= now)
-        })
-        .cloned()
-        .collect();
+    let mut parents: Vec<ParentView> = state.parents.iter().filter(usable).cloned().collect();
     parents.shuffle(&mut rand::rng());
     // Plain peers first: the root only gets what is left of the room.
     parents.sort_by_key(|p| p.is_root);

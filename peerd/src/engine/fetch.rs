@@ -26,6 +26,7 @@ const ROOT_FAILURES_BEFORE_ORIGIN: u32 = 3;
 const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a parent that failed is left alone.
 const BLOCK_AFTER_ERROR: Duration = Duration::from_secs(5);
+const BLOCK_AFTER_DOWN: Duration = Duration::from_secs(30);
 const BLOCK_AFTER_BUSY: Duration = Duration::from_millis(500);
 const BLOCK_AFTER_CORRUPT: Duration = Duration::from_secs(600);
 
@@ -387,6 +388,8 @@ fn parent_failed(
             status: Status::Busy,
             ..
         } => (Some(BLOCK_AFTER_BUSY), false),
+        // Nothing listens there: the peer is down until it says otherwise.
+        FetchError::Connect { .. } => (Some(BLOCK_AFTER_DOWN), true),
         _ => (Some(BLOCK_AFTER_ERROR), true),
     };
     tracing::debug!(task = %task.id, piece = n, "parent failed: {error}");
