@@ -84,13 +84,12 @@ impl DiskUse {
         if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
             return None;
         }
+        // As df(1) counts: blocks reserved for root are neither used nor
+        // available.
         let block = stat.f_frsize;
-        let total = stat.f_blocks * block;
-        let free = stat.f_bavail * block;
-        (total > 0).then_some(DiskUse {
-            total,
-            used: total - free,
-        })
+        let used = (stat.f_blocks - stat.f_bfree) * block;
+        let total = used + stat.f_bavail * block;
+        (total > 0).then_some(DiskUse { total, used })
     }
 
     fn percent_after(&self, freed: u64) -> f64 {
