@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 require_root "$@"
+repair_dev_null
 
 PREFIX=${DFFS_PREFIX:-/usr/local/bin}
 LOGS=/var/log/dffs

@@ -35,3 +35,15 @@ ensure_cargo() {
         exit 1
     fi
 }
+
+# Puts back /dev/null if something replaced it with a regular file (as a
+# rename onto it would). Tools read and write it constantly, and as a file
+# it feeds junk to every program whose input comes from it.
+repair_dev_null() {
+    if [ ! -c /dev/null ]; then
+        echo "warning: /dev/null is not a device; recreating it" >&2
+        rm -f /dev/null.dffs-new
+        mknod -m 666 /dev/null.dffs-new c 1 3
+        mv -f /dev/null.dffs-new /dev/null
+    fi
+}

@@ -2,12 +2,13 @@
 # Runs every check and test of the workspace, installing what a fresh
 # machine lacks. This is the README's test command and what CI runs.
 set -euo pipefail
-# Nothing here reads input; a stray stdin (a pipe from a job runner) must
-# not reach the tools either.
-exec </dev/null
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 require_root "$@"
+repair_dev_null
+# Nothing here reads input; a stray stdin (a pipe from a job runner) must
+# not reach the tools either.
+exec </dev/null
 ensure_cargo
 apt_install fuse3 iproute2 procps
 

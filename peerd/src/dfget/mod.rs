@@ -7,17 +7,19 @@
 //! out. A failed or interrupted dfget leaves no output file behind.
 
 mod output;
+mod stream;
 
 use api::cli::{Failure, exit, fail, from_status, parse_headers};
 use api::digest::FileDigest;
 use api::proto::peer_client::PeerClient;
-use api::proto::{DownloadRequest, Header, TaskSource};
+use api::proto::{DownloadRequest, Header, TaskInfo, TaskSource};
 use api::task::TaskId;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use output::PartialOutput;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use stream::StreamOutput;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,7 +30,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The URL to download (http or https).
     pub url: String,
-    /// Where to write the file.
+    /// Where to write the file; `-` is standard output. A device or pipe
+    /// (e.g. /dev/null) is written to, not replaced.
     #[arg(short = 'O', long = "output", required_unless_present = "id")]
     pub output: Option<PathBuf>,
     /// peerd's Unix socket.
@@ -63,8 +66,12 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     let headers = parse_headers(&args.headers)?;
     let output = args.output.clone().expect("clap requires -O without --id");
-    let mut partial = PartialOutput::create(&output).map_err(|e| fail(exit::OUTPUT, e))?;
-    let result = download(&args, headers, &mut partial).await;
+    let mut partial: Box<dyn Output> = if StreamOutput::wanted_for(&output) {
+        Box::new(StreamOutput::new(&output))
+    } else {
+        Box::new(PartialOutput::create(&output).map_err(|e| fail(exit::OUTPUT, e))?)
+    };
+    let result = download(&args, headers, partial.as_mut()).await;
     match result {
         Ok(()) => partial.commit().map_err(|e| fail(exit::OUTPUT, e)),
         Err(failure) => {
@@ -74,10 +81,26 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
 }
 
+/// Where the downloaded bytes go. Implementations write nothing visible at
+/// the target until `commit`, which runs only after every piece and any
+/// `--digest` checked out.
+trait Output {
+    /// Takes note of pieces that peerd has just verified.
+    fn copy_pieces(&mut self, info: &TaskInfo, pieces: &[u32]) -> Result<(), String>;
+    /// Called once every piece is present.
+    fn finish(&mut self, content_length: u64) -> Result<(), String>;
+    /// The SHA-256 of what `commit` would deliver.
+    fn sha256(&self) -> Result<FileDigest, String>;
+    /// Delivers the output to its target.
+    fn commit(self: Box<Self>) -> Result<(), String>;
+    /// Gives up, leaving nothing behind.
+    fn discard(self: Box<Self>);
+}
+
 async fn download(
     args: &Args,
     headers: Vec<Header>,
-    partial: &mut PartialOutput,
+    partial: &mut dyn Output,
 ) -> Result<(), Failure> {
     let channel = api::uds::connect(&args.socket)
         .await

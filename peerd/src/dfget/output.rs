@@ -72,34 +72,6 @@ impl PartialOutput {
         }
     }
 
-    /// Copies pieces that peerd reports present from its content file.
-    pub fn copy_pieces(&mut self, info: &TaskInfo, pieces: &[u32]) -> Result<(), String> {
-        if pieces.is_empty() {
-            return Ok(());
-        }
-        if self.content.is_none() {
-            let meta = info.meta.clone().unwrap_or_default();
-            self.piece_length = meta.piece_length.max(1);
-            self.content_length = meta.content_length;
-            let content = File::open(&info.content_path)
-                .map_err(|e| format!("cannot read peerd's cached copy {}: {e}; is dfget allowed to read peerd's data directory?", info.content_path))?;
-            self.link = same_filesystem(&content, &self.temp);
-            self.content_path = PathBuf::from(&info.content_path);
-            self.content = Some(content);
-        }
-        if self.link {
-            return Ok(());
-        }
-        for &n in pieces {
-            let start = u64::from(n) * self.piece_length;
-            let len = self
-                .piece_length
-                .min(self.content_length.saturating_sub(start));
-            self.copy_range(start, len).map_err(|e| self.io_error(e))?;
-        }
-        Ok(())
-    }
-
     /// Copies in the kernel (copy_file_range), so the bytes never pass
     /// through dfget and a reflinking filesystem may share them instead.
     /// Across filesystems the kernel may refuse; then copy by hand.
@@ -144,10 +116,40 @@ impl PartialOutput {
         }
         Ok(())
     }
+}
+
+impl super::Output for PartialOutput {
+    /// Copies pieces that peerd reports present from its content file.
+    fn copy_pieces(&mut self, info: &TaskInfo, pieces: &[u32]) -> Result<(), String> {
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        if self.content.is_none() {
+            let meta = info.meta.clone().unwrap_or_default();
+            self.piece_length = meta.piece_length.max(1);
+            self.content_length = meta.content_length;
+            let content = File::open(&info.content_path)
+                .map_err(|e| format!("cannot read peerd's cached copy {}: {e}; is dfget allowed to read peerd's data directory?", info.content_path))?;
+            self.link = same_filesystem(&content, &self.temp);
+            self.content_path = PathBuf::from(&info.content_path);
+            self.content = Some(content);
+        }
+        if self.link {
+            return Ok(());
+        }
+        for &n in pieces {
+            let start = u64::from(n) * self.piece_length;
+            let len = self
+                .piece_length
+                .min(self.content_length.saturating_sub(start));
+            self.copy_range(start, len).map_err(|e| self.io_error(e))?;
+        }
+        Ok(())
+    }
 
     /// Completes the output: links it to the cached copy, or gives the
     /// copy its exact length.
-    pub fn finish(&mut self, content_length: u64) -> Result<(), String> {
+    fn finish(&mut self, content_length: u64) -> Result<(), String> {
         if self.link {
             let _ = std::fs::remove_file(&self.temp);
             match std::fs::hard_link(&self.content_path, &self.temp) {
@@ -174,13 +176,13 @@ impl PartialOutput {
         Ok(())
     }
 
-    pub fn sha256(&self) -> Result<FileDigest, String> {
+    fn sha256(&self) -> Result<FileDigest, String> {
         let file = File::open(&self.temp).map_err(|e| self.io_error(e))?;
         FileDigest::of_reader(std::io::BufReader::with_capacity(1 << 20, file))
             .map_err(|e| self.io_error(e))
     }
 
-    pub fn commit(mut self) -> Result<(), String> {
+    fn commit(mut self: Box<Self>) -> Result<(), String> {
         self.file.take();
         std::fs::rename(&self.temp, &self.target).map_err(|e| {
             let _ = std::fs::remove_file(&self.temp);
@@ -191,7 +193,7 @@ impl PartialOutput {
         })
     }
 
-    pub fn discard(mut self) {
+    fn discard(mut self: Box<Self>) {
         self.file.take();
         let _ = std::fs::remove_file(&self.temp);
     }
