@@ -306,7 +306,7 @@ async fn from_parent(
 }
 
 /// Receives piece `n` into `buf` from `parent`, following one redirect
-/// from a root (see `fanout`). Returns the host the bytes came from.
+/// (see `fanout`). Returns the host the bytes came from.
 async fn transfer(
     engine: &Engine,
     task: &Task,
@@ -334,8 +334,11 @@ async fn transfer(
     };
     let blocked = task.lock().blocked.contains_key(&holder.host_id);
     if !blocked {
+        // Redirected once, answered there: a chain of redirects could
+        // go round in a circle.
         let wait = PieceRequest {
             wait: true,
+            no_redirect: true,
             ..request
         };
         match peers.fetch(&holder.addr, wait, buf).await {

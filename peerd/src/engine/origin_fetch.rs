@@ -27,7 +27,7 @@ pub(super) async fn fetch(
             wait_for_stream(task, n).await;
             continue;
         }
-        let _permit = task.origin_gate.acquire(priority_level.clone()).await;
+        let permit = task.origin_gate.acquire(priority_level.clone()).await;
         if task.has_piece(n) || task.lock().origin == OriginMode::Streaming {
             continue;
         }
@@ -44,6 +44,9 @@ pub(super) async fn fetch(
                     priority,
                 )
                 .await?;
+                // The next origin request need not wait for the scheduler
+                // to take this piece's digest.
+                drop(permit);
                 let digest = PieceDigest::of(&bytes);
                 tracing::trace!(task = %task.id, piece = n, ms = started.elapsed().as_millis() as u64, "piece fetched from the origin");
                 if task.store_piece(engine, n, &bytes, digest)? {

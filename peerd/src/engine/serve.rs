@@ -1,7 +1,7 @@
 //! The engine as the upload server's source of pieces.
 
 use super::Engine;
-use super::fanout::Decision;
+use super::fanout::{Ask, Decision};
 use crate::upload::protocol::{PieceRequest, Status};
 use crate::upload::server::{PieceLocation, PieceProvider, Refusal};
 use api::proto::Priority;
@@ -43,10 +43,22 @@ impl PieceProvider for Engine {
             ));
         }
         let is_root = task.lock().is_root;
-        if is_root && !request.no_redirect {
+        // A root spreads every piece; another host only what it holds (it
+        // cannot answer for a piece it is not getting).
+        if is_root || task.has_piece(n) {
             let requester =
                 (request.reply_port != 0).then(|| SocketAddr::new(from.ip(), request.reply_port));
-            let decision = task.lock().fanout.decide(n, requester, Instant::now());
+            // A reader blocked on a piece is not sent on a detour by a
+            // plain peer; the root's uplink is too scarce to spare.
+            let ask = if request.no_redirect || request.wait || (request.urgent && !is_root) {
+                Ask::MustServe
+            } else {
+                Ask::Redirectable
+            };
+            let decision = task
+                .lock()
+                .fanout
+                .decide(n, requester, ask, is_root, Instant::now());
             if let Decision::Redirect(to) = decision {
                 metrics::counter!("dffs_upload_redirects_total").increment(1);
                 return Err(refuse(Status::Redirect, to.to_string()));
