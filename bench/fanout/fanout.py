@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,9 +79,11 @@ class Run:
         for h, binary in peers:
             d = w / f"h{h}"
             d.mkdir()
+            level = os.environ.get("DFFS_FANOUT_SEED_LOG" if binary == "seed" else "DFFS_FANOUT_PEER_LOG", "warn")
             self.daemons.append(tb.spawn(h, [b / binary, "--scheduler", sched, "--data-dir", d / "data",
                                              "--socket", d / "peerd.sock", "--upload-addr", "0.0.0.0:65002",
-                                             "--metrics-addr", "127.0.0.1:65003", "--log-level", "warn"],
+                                             "--metrics-addr", "127.0.0.1:65003", "--log-level", level,
+                                             *os.environ.get("DFFS_FANOUT_PEERD_ARGS", "").split()],
                                          w / f"h{h}.log"))
         for h, _ in peers:
             sock = w / f"h{h}" / "peerd.sock"
@@ -159,6 +162,39 @@ def debug_report(run, size):
               f"redirects sent {redirects:.0f}, followed {followed}, failures {fails}", flush=True)
 
 
+class Timeline:
+    """Samples, once a second, the seed's origin and upload bytes and the
+    download and upload bytes of two peers, to show whether the seed or the
+    swarm holds the run back."""
+
+    def __init__(self, run, size):
+        self.run, self.size, self.rows = run, size, []
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        def total(m, prefix, label=""):
+            return sum(v for k, v in m.items() if k.startswith(prefix) and label in k)
+        while not self.stop.wait(1.0):
+            seed = metrics_of(self.run.tb, 1)
+            # Two peers only: sampling every host would load the machine.
+            peers = [metrics_of(self.run.tb, h) for h in (self.run.hosts[0], self.run.hosts[-1])]
+            got = [total(m, "dffs_download_bytes_total") / self.size for m in peers]
+            self.rows.append((time.monotonic() - self.t0, total(seed, "dffs_download_bytes_total", 'source="origin"'),
+                              total(seed, "dffs_upload_bytes_total"), min(got), sum(got) / len(got),
+                              sum(total(m, "dffs_upload_bytes_total") for m in peers)))
+
+    def report(self):
+        self.stop.set()
+        self.thread.join()
+        print("      t    seed<-origin  seed->up  2 peers min/mean done  2 peers up (copies)", flush=True)
+        for t, origin, up, low, mean, peers_up in self.rows:
+            print(f"    {t:5.1f}s   {origin / self.size:6.2f}    {up / self.size:6.2f}     {low:5.2f} / {mean:5.2f}"
+                  f"        {peers_up / self.size:6.2f}", flush=True)
+
+
 def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit):
     work = Path(tempfile.mkdtemp(prefix=f"{scenario}-n{n}-", dir=base))
     run = Run(tb, bins, work, n, url)
@@ -168,6 +204,7 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         if scenario == "dffs":
             run.mount_all()
         run.origin("_reset")
+        timeline = Timeline(run, size) if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl" else None
         t0 = time.monotonic()
         clients = run.clients(scenario)
         ends, codes = {}, {}
@@ -179,6 +216,9 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         served = json.loads(run.origin("_stats"))["bytes_served"]
         if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl":
             debug_report(run, size)
+            timeline.report()
+            for h in [1] + run.hosts:
+                shutil.copy(work / f"h{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-h{h}.log")
         verified = sum(1 for h in run.hosts if codes[h] == 0 and sha256(run.out(h)) == expected)
     finally:
         run.close()
@@ -232,6 +272,7 @@ def main():
     ap.add_argument("--plot", help="write a PNG plot here")
     ap.add_argument("--no-offloads", action="store_true", help="turn segmentation offloads off on every veth")
     ap.add_argument("--queue-ms", type=int, default=100, help="tbf queue of every link, in ms of traffic")
+    ap.add_argument("--mtu", type=int, default=1500, help="MTU of every link (9000: jumbo frames, less CPU per byte)")
     args = ap.parse_args()
     bins = Path(args.bin_dir)
     for name in ("scheduler", "seed", "peerd", "dfget", "dffs", "dffs-test-origin"):
@@ -255,7 +296,7 @@ def main():
     try:
         for n in counts:
             with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads,
-                         queue_ms=args.queue_ms) as tb:
+                         queue_ms=args.queue_ms, mtu=args.mtu) as tb:
                 origin = tb.spawn(0, [bins / "dffs-test-origin", "--root", origin_dir,
                                       "--listen", f"{tb.ip(0)}:{ORIGIN_PORT}"], base / "origin.log")
                 wait_until("origin", lambda: tb.run(0, ["curl", "-sf", f"http://{tb.ip(0)}:{ORIGIN_PORT}/_stats"],
@@ -273,7 +314,7 @@ def main():
     if args.plot and results:
         plot(results, args.plot)
         print(f"\nplot written to {args.plot}")
-    print(f"\noffloads {'off' if args.no_offloads else 'on'} on every veth; tbf queue {args.queue_ms} ms; "
+    print(f"\noffloads {'off' if args.no_offloads else 'on'} on every veth; MTU {args.mtu}; tbf queue {args.queue_ms} ms; "
           f"origin uplink {origin_mbit} Mbit/s")
     for r in results:
         print(f"fanout scenario={r['scenario']} n={r['n']} size_mib={r['size_mib']} link_mbit={r['link_mbit']} "

@@ -40,7 +40,7 @@ def cleanup_leftovers():
 class Testbed:
     """`hosts` namespaces; host i has address 10.77.0.(i+1)."""
 
-    def __init__(self, hosts, rate_mbit=100, origin_up_mbit=None, offloads=True, queue_ms=100):
+    def __init__(self, hosts, rate_mbit=100, origin_up_mbit=None, offloads=True, queue_ms=100, mtu=1500):
         if os.geteuid() != 0:
             sys.exit("error: the fanout testbed needs root (network namespaces, tc)")
         self.tag = f"{PREFIX}{os.getpid() % 100000}"
@@ -50,6 +50,7 @@ class Testbed:
         self.origin_up = origin_up_mbit or rate_mbit
         self.offloads = offloads
         self.queue_ms = queue_ms
+        self.mtu = mtu
         self.procs = []
         self.created = []
         atexit.register(self.close)
@@ -67,7 +68,7 @@ class Testbed:
         return f"10.77.{i // 250}.{i % 250 + 1}"
 
     def __enter__(self):
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "link", "add", self.bridge, "mtu", str(self.mtu), "type", "bridge")
         self.created.append(("link", self.bridge))
         sh("ip", "link", "set", self.bridge, "up")
         for i in range(self.hosts):
@@ -78,7 +79,7 @@ class Testbed:
         ns, outer, inner = self.ns(i), f"{self.tag}v{i}", f"{self.tag}p{i}"
         sh("ip", "netns", "add", ns)
         self.created.append(("netns", ns))
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        sh("ip", "link", "add", outer, "mtu", str(self.mtu), "type", "veth", "peer", "name", inner, "mtu", str(self.mtu))
         self.created.append(("link", outer))
         sh("ip", "link", "set", inner, "netns", ns)
         sh("ip", "link", "set", outer, "master", self.bridge, "up")

@@ -36,6 +36,11 @@ pub struct Settings {
     pub readahead_max: u64,
     /// Hand complete tasks to the kernel (FUSE passthrough) when possible.
     pub passthrough: bool,
+    /// Serve incomplete tasks with direct I/O: reads skip the kernel's page
+    /// cache for the file, so bytes are not copied into fresh memory twice
+    /// (peerd's cache and the mount's), at the cost of no kernel read-ahead
+    /// for small-block readers.
+    pub direct_io: bool,
     pub uid: u32,
     pub gid: u32,
 }
@@ -144,6 +149,11 @@ impl Filesystem for DffsFs {
             config.set_max_readahead(self.settings.readahead_max.min(u64::from(u32::MAX)) as u32);
         // Raises the pages per request, so reads arrive in 1 MiB requests.
         let _ = config.set_max_write(1 << 20);
+        if self.settings.direct_io {
+            // Shared mappings of direct-I/O files need this; private ones
+            // (executables, libraries) work without it.
+            let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        }
         if self.settings.passthrough {
             let accepted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -225,7 +235,12 @@ impl Filesystem for DffsFs {
                 let fh = self.handles.open(node.ino, false);
                 metrics::counter!("dffs_fs_opens_total", "mode" => "fuse").increment(1);
                 // Content never changes: pages the kernel cached stay valid.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                let flags = if self.settings.direct_io {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                };
+                reply.opened(FileHandle(fh), flags);
             }
         }
     }

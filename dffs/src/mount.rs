@@ -26,6 +26,7 @@ pub struct MountArgs {
     /// The kernel's own read-ahead for the mount, in KiB.
     pub read_ahead_kb: u32,
     pub passthrough: bool,
+    pub direct_io: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub log_file: Option<PathBuf>,
 }
@@ -40,6 +41,7 @@ impl MountArgs {
             readahead_mib: 128,
             read_ahead_kb: 4096,
             passthrough: true,
+            direct_io: false,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 65009))),
             log_file: None,
         }
@@ -69,6 +71,7 @@ impl MountArgs {
                         value.parse().map_err(|_| bad("expected a number of KiB"))?
                 }
                 "passthrough" => self.passthrough = !matches!(value, "0" | "false" | "no" | "off"),
+                "direct_io" => self.direct_io = !matches!(value, "0" | "false" | "no" | "off"),
                 "nopassthrough" => self.passthrough = false,
                 "metrics_addr" if value.is_empty() || value == "none" => self.metrics_addr = None,
                 "metrics_addr" => {
@@ -103,7 +106,7 @@ impl MountArgs {
                 _ if key.starts_with("x-") || key.starts_with("comment=") => {}
                 _ => {
                     return Err(bad(
-                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, metrics_addr, log_file, config",
+                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, direct_io, metrics_addr, log_file, config",
                     ));
                 }
             }
@@ -207,6 +210,7 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
         timeout: Duration::from_secs_f64(args.timeout),
         readahead_max: args.readahead_mib << 20,
         passthrough: args.passthrough,
+        direct_io: args.direct_io,
         // SAFETY: getuid/getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
