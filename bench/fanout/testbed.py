@@ -88,6 +88,8 @@ class Testbed:
         run("ip", "addr", "add", f"{self.ip(i)}/16", "dev", "eth0")
         run("ip", "link", "set", "eth0", "up")
         run("ip", "link", "set", "lo", "up")
+        for setting in os.environ.get("DFFS_TESTBED_SYSCTL", "").split():
+            run("sysctl", "-q", "-w", setting)
         if not self.offloads:
             for dev_ns, dev in ((ns, "eth0"), (None, outer)):
                 argv = ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]
