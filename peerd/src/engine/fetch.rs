@@ -39,11 +39,7 @@ pub(super) async fn run(
     via: Option<ParentView>,
     done: watch::Sender<PieceResult>,
 ) {
-    let result = async {
-        let _slot = engine.inner.slots.acquire(priority.clone()).await;
-        fetch_piece(&engine, &task, n, &priority, via).await
-    }
-    .await;
+    let result = fetch_piece(&engine, &task, n, &priority, via).await;
     if let Err(e) = &result {
         tracing::warn!(task = %task.id, piece = n, "piece failed: {e}");
         metrics::counter!("dffs_piece_failures_total", "reason" => "exhausted").increment(1);
@@ -99,8 +95,14 @@ async fn fetch_piece(
         };
         match source {
             Source::Parent(parent) => {
+                // A download slot is held only while bytes move. A fetch
+                // that held one while waiting for a busy parent could wait
+                // forever on fetches that hold that parent's requests but
+                // wait for a slot themselves.
+                let slot = engine.inner.slots.acquire(priority.clone()).await;
                 let level = priority.load(Ordering::Relaxed);
                 let result = from_parent(engine, task, n, &parent, level).await;
+                drop(slot);
                 release_parent(task, &parent.host_id);
                 match result {
                     Ok(()) => return Ok(()),
@@ -115,15 +117,20 @@ async fn fetch_piece(
                     }
                 }
             }
-            Source::Origin => match origin_fetch::fetch(engine, task, n, priority).await {
-                Ok(()) => return Ok(()),
-                Err(e) if !e.is_retryable() => return Err(e),
-                Err(e) => {
-                    attempts += 1;
-                    last_error = Some(e);
-                    tokio::time::sleep(backoff(attempts)).await;
+            Source::Origin => {
+                let slot = engine.inner.slots.acquire(priority.clone()).await;
+                let result = origin_fetch::fetch(engine, task, n, priority).await;
+                drop(slot);
+                match result {
+                    Ok(()) => return Ok(()),
+                    Err(e) if !e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        attempts += 1;
+                        last_error = Some(e);
+                        tokio::time::sleep(backoff(attempts)).await;
+                    }
                 }
-            },
+            }
             Source::Busy => {
                 metrics::counter!("dffs_fetch_waits_total", "why" => "busy_parent").increment(1);
                 let _ = tokio::time::timeout(BUSY_WAIT, task.capacity.notified()).await;
