@@ -10,7 +10,7 @@ repair_dev_null
 # not reach the tools either.
 exec </dev/null
 ensure_cargo
-apt_install fuse3 iproute2 procps
+apt_install fuse3 iproute2 procps coreutils util-linux build-essential
 
 echo "== format and lints"
 cargo fmt --all -- --check
