@@ -65,6 +65,11 @@ pub fn write_random_file(path: &Path, size: usize) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The SHA-256 (hex) of bytes in memory.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn sha256_file(path: &Path) -> String {
     let mut file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut hasher = Sha256::new();

@@ -2,17 +2,12 @@
 //! cache, yet read right, stay lazy, and can still be memory-mapped (as
 //! executables and libraries in an image layer are).
 
-use sha2::{Digest, Sha256};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use tests::Cluster;
 use tests::fuse::DffsMount;
+use tests::{Cluster, sha256_hex};
 
 const MIB: usize = 1 << 20;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// Maps the whole file with `flags` and hashes the mapping.
 fn sha256_of_mapping(path: &std::path::Path, len: usize, flags: i32) -> Result<String, String> {
@@ -42,11 +37,7 @@ fn direct_io_reads_and_maps_incomplete_files_correctly() {
     let cluster = Cluster::start(true, 1);
     let size = 12 * MIB + 4321;
     let (origin, digest) = cluster.serve_file("a.bin", size, &[]);
-    let (_, mapped_digest) = {
-        let root = cluster.origin_root();
-        let d = tests::write_random_file(&root.join("b.bin"), size);
-        ((), d)
-    };
+    let mapped_digest = tests::write_random_file(&cluster.origin_root().join("b.bin"), size);
     let peer = &cluster.peers[0];
     let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &["-o", "direct_io"]);
 

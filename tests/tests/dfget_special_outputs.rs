@@ -3,16 +3,11 @@
 //! must never be replaced by a regular file (renaming over `/dev/null`
 //! would break the whole machine).
 
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Command;
-use tests::{Cluster, bin};
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+use tests::{Cluster, Peer, bin, sha256_hex};
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -24,6 +19,16 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Runs dfget with `-O -` and `extra` flags.
+fn dfget_to_stdout(peer: &Peer, url: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(bin("dfget"))
+        .args([url, "-O", "-", "--quiet", "--socket"])
+        .arg(&peer.socket)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn dfget_streams_to_stdout_pipes_and_devices_without_replacing_them() {
     let cluster = Cluster::start(true, 1);
@@ -32,11 +37,7 @@ fn dfget_streams_to_stdout_pipes_and_devices_without_replacing_them() {
     let peer = &cluster.peers[0];
 
     // `-O -`: the bytes on stdout, and only them.
-    let result = Command::new(bin("dfget"))
-        .args([url.as_str(), "-O", "-", "--quiet", "--socket"])
-        .arg(&peer.socket)
-        .output()
-        .unwrap();
+    let result = dfget_to_stdout(peer, &url, &[]);
     assert!(
         result.status.success(),
         "{}",
@@ -46,12 +47,7 @@ fn dfget_streams_to_stdout_pipes_and_devices_without_replacing_them() {
 
     // A wrong --digest writes nothing at all to stdout.
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let result = Command::new(bin("dfget"))
-        .args([url.as_str(), "-O", "-", "--quiet", "--digest", &wrong])
-        .arg("--socket")
-        .arg(&peer.socket)
-        .output()
-        .unwrap();
+    let result = dfget_to_stdout(peer, &url, &["--digest", &wrong]);
     assert_eq!(result.status.code(), Some(5));
     assert!(
         result.stdout.is_empty(),

@@ -1,8 +1,8 @@
 //! A parent that serves corrupt bytes cannot corrupt a child: the child
 //! detects it, reports the parent, and gets the piece elsewhere.
 
+use tests::Cluster;
 use tests::tamper::start_tamper_proxy;
-use tests::{Cluster, sha256_file};
 
 #[test]
 fn a_lying_parent_is_caught_and_avoided() {
@@ -34,18 +34,8 @@ fn a_lying_parent_is_caught_and_avoided() {
     cluster.peers.push(liar);
 
     let child = cluster.spawn_peer("peerd", "child", &[]);
-    let out = child.dir.join("t.out");
-    let result = child.dfget(&url, &out, &[]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert_eq!(
-        sha256_file(&out),
-        expected,
-        "the child's output must match the origin"
-    );
+    // The child's output must match the origin.
+    child.dfget_verified(&url, "t.out", &expected);
     let corrupt = child.metric("dffs_piece_failures_total", "reason=\"corrupt\"");
     assert!(
         corrupt >= 1.0,
