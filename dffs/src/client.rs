@@ -141,6 +141,27 @@ impl Peerd {
         .map_err(|s| self.error(Some(id), s, started))
     }
 
+    /// Starts a download of the whole task and returns its progress stream.
+    /// Only starting it is bounded by `timeout`: the download itself takes
+    /// as long as the task's size and the network make it.
+    pub async fn download(
+        &self,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<DownloadProgress>, ClientError> {
+        let started = Instant::now();
+        let req = DownloadRequest {
+            source: None,
+            task_id: id.to_string(),
+        };
+        self.call(started + timeout, |mut c, _| {
+            let req = req.clone();
+            async move { c.download(req).await }
+        })
+        .await
+        .map_err(|s| self.error(Some(id), s, started))
+    }
+
     /// Registers a URL without downloading it (`dffs add`).
     pub async fn register(
         &self,

@@ -34,6 +34,9 @@ pub struct Settings {
     pub timeout: Duration,
     /// Largest read-ahead window for sequential readers.
     pub readahead_max: u64,
+    /// A reader that has read this far in order from the start gets the
+    /// whole task fetched in the background (0: never).
+    pub whole_after: u64,
     /// Hand complete tasks to the kernel (FUSE passthrough) when possible.
     pub passthrough: bool,
     /// Serve incomplete tasks with direct I/O: reads skip the kernel's page
@@ -61,7 +64,7 @@ impl DffsFs {
             nodes: Arc::new(Nodes::new()),
             peerd,
             runtime,
-            handles: Arc::new(Handles::new(settings.readahead_max)),
+            handles: Arc::new(Handles::new(settings.readahead_max, settings.whole_after)),
             settings,
             passthrough: AtomicBool::new(false),
         }
@@ -266,12 +269,12 @@ impl Filesystem for DffsFs {
         }
         let len = (u64::from(size)).min(length - offset);
         let pieces = node.layout.pieces_covering(offset, len);
-        if let Some(window) = self.handles.advance(fh.0, offset, offset + len, length) {
+        if let Some(ahead) = self.handles.advance(fh.0, offset, offset + len, length) {
             crate::readahead::prefetch(
                 &self.runtime,
                 &self.peerd,
                 &node,
-                window,
+                ahead,
                 self.settings.timeout,
             );
         }

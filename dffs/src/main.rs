@@ -61,6 +61,10 @@ struct MountCli {
     /// Largest read-ahead window for sequential readers, in MiB, 0 for none [default: 128].
     #[arg(long)]
     readahead_mib: Option<u64>,
+    /// Fetch the whole task in the background once a reader has read this
+    /// many MiB in order from the start, 0 for never [default: 8].
+    #[arg(long)]
+    whole_after_mib: Option<u64>,
     /// Serve complete tasks through dffs even if the kernel offers passthrough.
     #[arg(long)]
     no_passthrough: bool,
@@ -94,6 +98,9 @@ impl MountCli {
         }
         if let Some(r) = self.readahead_mib {
             options.push(format!("readahead_mib={r}"));
+        }
+        if let Some(w) = self.whole_after_mib {
+            options.push(format!("whole_after_mib={w}"));
         }
         if let Some(m) = &self.metrics_addr {
             options.push(format!("metrics_addr={m}"));

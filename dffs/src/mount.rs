@@ -23,6 +23,9 @@ pub struct MountArgs {
     pub timeout: f64,
     /// Largest read-ahead window, in MiB (0 turns read-ahead off).
     pub readahead_mib: u64,
+    /// MiB a reader reads in order from the start before the whole task is
+    /// fetched in the background (0: never).
+    pub whole_after_mib: u64,
     /// The kernel's own read-ahead for the mount, in KiB.
     pub read_ahead_kb: u32,
     pub passthrough: bool,
@@ -39,6 +42,7 @@ impl MountArgs {
             foreground: false,
             timeout: 60.0,
             readahead_mib: 128,
+            whole_after_mib: 8,
             read_ahead_kb: 4096,
             passthrough: true,
             direct_io: false,
@@ -64,6 +68,10 @@ impl MountArgs {
                 }
                 "readahead_mib" => {
                     self.readahead_mib =
+                        value.parse().map_err(|_| bad("expected a number of MiB"))?
+                }
+                "whole_after_mib" => {
+                    self.whole_after_mib =
                         value.parse().map_err(|_| bad("expected a number of MiB"))?
                 }
                 "read_ahead_kb" => {
@@ -106,7 +114,7 @@ impl MountArgs {
                 _ if key.starts_with("x-") || key.starts_with("comment=") => {}
                 _ => {
                     return Err(bad(
-                        "unknown option; known: socket, timeout, readahead_mib, read_ahead_kb, passthrough, direct_io, metrics_addr, log_file, config",
+                        "unknown option; known: socket, timeout, readahead_mib, whole_after_mib, read_ahead_kb, passthrough, direct_io, metrics_addr, log_file, config",
                     ));
                 }
             }
@@ -209,6 +217,7 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
     let settings = Settings {
         timeout: Duration::from_secs_f64(args.timeout),
         readahead_max: args.readahead_mib << 20,
+        whole_after: args.whole_after_mib << 20,
         passthrough: args.passthrough,
         direct_io: args.direct_io,
         // SAFETY: getuid/getgid cannot fail.

@@ -68,9 +68,11 @@ impl Node {
         self.complete.store(true, Ordering::Release);
     }
 
-    pub fn mark_present(&self, pieces: Range<u32>) {
+    /// Records pieces peerd said are present (ids out of range ignored).
+    pub fn mark_present(&self, pieces: impl IntoIterator<Item = u32>) {
         let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        for n in pieces {
+        let count = present.len();
+        for n in pieces.into_iter().filter(|&n| n < count) {
             present.set(n);
         }
         if present.is_full() {

@@ -5,6 +5,13 @@
 //! it, doubling the window up to a limit. A reader that jumps resets the
 //! window to nothing, so random reads never pull more than the pieces they
 //! touch.
+//!
+//! A reader that has read a long way in order from the very start (`cp`,
+//! `sha256sum`, unpacking a layer) almost surely reads it all: peerd is then
+//! asked to fetch the whole task in the background, as dfget does, so the
+//! reader runs at download speed rather than one window at a time, and the
+//! cluster's seed streams the task from the origin instead of trickling
+//! it piece by piece.
 
 use crate::client::Peerd;
 use crate::nodes::Node;
@@ -24,20 +31,34 @@ struct Handle {
     next_expected: u64,
     window: u64,
     prefetched_until: u64,
+    /// The current sequential run began at offset 0.
+    run_from_start: bool,
+    /// This handle already asked for the whole task.
+    asked_whole: bool,
+}
+
+/// What to ask peerd for after a read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadAhead {
+    pub range: Range<u64>,
+    /// Also fetch the whole task in the background.
+    pub whole: bool,
 }
 
 pub struct Handles {
     open: Mutex<HashMap<u64, Handle>>,
     next: AtomicU64,
     max_window: u64,
+    whole_after: u64,
 }
 
 impl Handles {
-    pub fn new(max_window: u64) -> Handles {
+    pub fn new(max_window: u64, whole_after: u64) -> Handles {
         Handles {
             open: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             max_window,
+            whole_after,
         }
     }
 
@@ -49,6 +70,8 @@ impl Handles {
             next_expected: 0,
             window: 0,
             prefetched_until: 0,
+            run_from_start: true,
+            asked_whole: false,
         };
         self.open
             .lock()
@@ -66,9 +89,9 @@ impl Handles {
             .is_some_and(|h| h.passthrough)
     }
 
-    /// Records a read of `start..end` and returns the range to prefetch,
-    /// if the reader is sequential and the window needs topping up.
-    pub fn advance(&self, fh: u64, start: u64, end: u64, length: u64) -> Option<Range<u64>> {
+    /// Records a read of `start..end` and returns what to prefetch, if the
+    /// reader is sequential and the window needs topping up.
+    pub fn advance(&self, fh: u64, start: u64, end: u64, length: u64) -> Option<ReadAhead> {
         if self.max_window == 0 {
             return None;
         }
@@ -79,6 +102,7 @@ impl Handles {
         if !sequential {
             h.window = 0;
             h.prefetched_until = 0;
+            h.run_from_start = false;
             return None;
         }
         h.window = (h.window * 2).clamp(INITIAL_WINDOW, self.max_window);
@@ -89,23 +113,37 @@ impl Handles {
             return None;
         }
         h.prefetched_until = target;
-        Some(from..target)
+        let whole = self.whole_after > 0
+            && h.run_from_start
+            && !h.asked_whole
+            && end >= self.whole_after
+            && target < length;
+        h.asked_whole |= whole;
+        Some(ReadAhead {
+            range: from..target,
+            whole,
+        })
     }
 }
 
-/// Asks peerd for `range` at prefetch priority, without anyone waiting.
+/// Asks peerd for a read-ahead window at prefetch priority (and, when the
+/// reader earned it, for the whole task), without anyone waiting.
 pub fn prefetch(
     runtime: &tokio::runtime::Handle,
     peerd: &Peerd,
     node: &Arc<Node>,
-    range: Range<u64>,
+    ahead: ReadAhead,
     timeout: Duration,
 ) {
+    let ReadAhead { range, whole } = ahead;
     let pieces = node
         .layout
         .pieces_covering(range.start, range.end - range.start);
     if node.has_all(pieces.clone()) {
         return;
+    }
+    if whole {
+        runtime.spawn(follow_whole_download(peerd.clone(), node.clone(), timeout));
     }
     let (peerd, node) = (peerd.clone(), node.clone());
     runtime.spawn(async move {
@@ -126,44 +164,108 @@ pub fn prefetch(
     });
 }
 
+/// Has peerd download the whole task, and marks pieces present as they
+/// land, so the reader finds them without asking peerd again.
+async fn follow_whole_download(peerd: Peerd, node: Arc<Node>, timeout: Duration) {
+    let mut progress = match peerd.download(node.id, timeout).await {
+        Ok(progress) => progress,
+        Err(e) => return tracing::debug!(task = %node.id, "cannot start the whole-task fetch: {e}"),
+    };
+    tracing::debug!(task = %node.id, "a reader reads the task in order: fetching all of it");
+    loop {
+        match progress.message().await {
+            Ok(Some(message)) => {
+                if let Some(info) = &message.task {
+                    node.learn(info);
+                }
+                node.mark_present(message.new_pieces.iter().copied());
+                if message.done {
+                    return node.mark_complete();
+                }
+            }
+            Ok(None) => return,
+            Err(status) => {
+                return tracing::debug!(task = %node.id, "whole-task fetch failed: {}", status.message());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn window(h: &Handles, fh: u64, start: u64, end: u64) -> Option<Range<u64>> {
+        h.advance(fh, start, end, GIB).map(|a| a.range)
+    }
 
     #[test]
     fn sequential_reads_grow_the_window_and_random_reads_get_none() {
-        let handles = Handles::new(16 * MIB);
+        let handles = Handles::new(16 * MIB, 0);
         let fh = handles.open(2, false);
-        let first = handles.advance(fh, 0, MIB, 1 << 30).unwrap();
-        assert_eq!(first, MIB..3 * MIB);
+        assert_eq!(window(&handles, fh, 0, MIB), Some(MIB..3 * MIB));
         // Inside the window already fetched: nothing new yet.
         assert_eq!(
-            handles.advance(fh, MIB, MIB + 4096, 1 << 30),
+            window(&handles, fh, MIB, MIB + 4096),
             Some(3 * MIB..MIB + 4096 + 4 * MIB)
         );
-        assert_eq!(
-            handles.advance(fh, 500 * MIB, 500 * MIB + 4096, 1 << 30),
-            None
-        );
-        assert_eq!(handles.advance(fh, 7 * MIB, 7 * MIB + 4096, 1 << 30), None);
+        assert_eq!(window(&handles, fh, 500 * MIB, 500 * MIB + 4096), None);
+        assert_eq!(window(&handles, fh, 7 * MIB, 7 * MIB + 4096), None);
     }
 
     #[test]
     fn the_window_stops_at_the_end_and_at_the_limit() {
-        let handles = Handles::new(4 * MIB);
+        let handles = Handles::new(4 * MIB, 0);
         let fh = handles.open(2, false);
         let mut end = 0;
         let mut last = None;
         while end < 64 * MIB {
-            if let Some(r) = handles.advance(fh, end, end + MIB, 64 * MIB) {
+            if let Some(a) = handles.advance(fh, end, end + MIB, 64 * MIB) {
+                let r = a.range;
                 assert!(r.end - r.start <= 4 * MIB + MIB, "{r:?}");
                 assert!(r.end <= 64 * MIB);
+                assert!(!a.whole, "asked for the whole task with whole_after=0");
                 last = Some(r);
             }
             end += MIB;
         }
         assert_eq!(last.unwrap().end, 64 * MIB);
+    }
+
+    /// Reads `count` MiB in order from `start` and returns how many
+    /// read-aheads asked for the whole task.
+    fn whole_asks(h: &Handles, fh: u64, start: u64, count: u64) -> usize {
+        (0..count)
+            .filter_map(|i| h.advance(fh, start + i * MIB, start + (i + 1) * MIB, GIB))
+            .filter(|a| a.whole)
+            .count()
+    }
+
+    #[test]
+    fn a_long_read_from_the_start_asks_for_the_whole_task_once() {
+        let handles = Handles::new(16 * MIB, 8 * MIB);
+        let fh = handles.open(2, false);
+        assert_eq!(whole_asks(&handles, fh, 0, 7), 0, "asked before 8 MiB");
+        assert_eq!(whole_asks(&handles, fh, 7 * MIB, 100), 1);
+    }
+
+    #[test]
+    fn reads_that_did_not_start_at_zero_never_ask_for_the_whole_task() {
+        let handles = Handles::new(16 * MIB, 8 * MIB);
+        // A long read of a file inside a blob, away from its start.
+        let fh = handles.open(2, false);
+        assert_eq!(whole_asks(&handles, fh, 300 * MIB, 200), 0);
+        // A reader that jumps, then reads on from there.
+        let fh = handles.open(2, false);
+        assert_eq!(whole_asks(&handles, fh, 0, 4), 0);
+        assert_eq!(window(&handles, fh, 600 * MIB, 600 * MIB + 4096), None);
+        assert_eq!(whole_asks(&handles, fh, 600 * MIB + 4096, 100), 0);
+        // And the option turned off.
+        let handles = Handles::new(16 * MIB, 0);
+        let fh = handles.open(2, false);
+        assert_eq!(whole_asks(&handles, fh, 0, 100), 0);
     }
 }

@@ -48,12 +48,19 @@ impl Peer for LocalApi {
         &self,
         request: Request<DownloadRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        let source = source(request.into_inner().source)?;
-        let task = self
-            .engine
-            .open_source(source, true)
-            .await
-            .map_err(status)?;
+        let req = request.into_inner();
+        let task = match req.source {
+            Some(source) => self.engine.open_source(source, true).await,
+            None if !req.task_id.is_empty() => {
+                let task = self.engine.open_id(task_id(&req.task_id)?).await;
+                if let Ok(task) = &task {
+                    self.engine.announce_wanted_whole(task);
+                }
+                task
+            }
+            None => return Err(Status::invalid_argument("a source URL or a task-id is required")),
+        }
+        .map_err(status)?;
         if task.is_complete() {
             metrics::counter!("dffs_download_bytes_total", "source" => "local", "priority" => "bulk")
                 .increment(task.layout.content_length);

@@ -113,6 +113,7 @@ async fn download(
             tag: args.tag.clone(),
             application: args.application.clone(),
         }),
+        task_id: String::new(),
     };
     let mut stream = client
         .download(request)

@@ -18,8 +18,9 @@ use super::task::{ParentView, PieceResult, State, Task};
 use super::{Engine, EngineError, fetch};
 use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
+use api::piece::Bitmap;
+use rand::Rng;
 use rand::seq::SliceRandom;
-use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +43,9 @@ pub(super) async fn download(
     let window = engine.inner.settings.bulk_window.max(1);
     let cap = engine.inner.settings.requests_per_parent;
     let mut waiting = FuturesUnordered::new();
-    let mut chosen = HashSet::new();
+    let mut chosen = Bitmap::new(task.layout.piece_count());
     let mut refreshed: Option<Instant> = None;
-    while !all_present(task, &wanted) {
+    while !task.has_all(wanted.clone()) {
         let is_root = task.lock().is_root;
         if !is_root && refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
             refreshed = Some(Instant::now());
@@ -57,8 +58,8 @@ pub(super) async fn download(
         let started: Vec<watch::Receiver<PieceResult>> = if is_root {
             in_order(task, &wanted, &chosen, room)
                 .into_iter()
-                .inspect(|n| {
-                    chosen.insert(*n);
+                .inspect(|&n| {
+                    chosen.set(n);
                 })
                 .flat_map(|n| task.start_fetches(engine, [n], priority))
                 .collect()
@@ -97,32 +98,31 @@ pub(super) async fn download(
     Ok(())
 }
 
-fn all_present(task: &Task, wanted: &Range<u32>) -> bool {
-    let state = task.lock();
-    wanted.clone().all(|n| state.present.get(n))
-}
-
 fn missing<'a>(
     state: &'a State,
     wanted: &Range<u32>,
-    chosen: &'a HashSet<u32>,
+    chosen: &'a Bitmap,
 ) -> impl Iterator<Item = u32> + 'a {
     wanted
         .clone()
-        .filter(move |n| !state.present.get(*n) && !chosen.contains(n))
+        .filter(move |&n| !state.present.get(n) && !chosen.get(n))
 }
 
-fn in_order(task: &Task, wanted: &Range<u32>, chosen: &HashSet<u32>, room: usize) -> Vec<u32> {
+fn in_order(task: &Task, wanted: &Range<u32>, chosen: &Bitmap, room: usize) -> Vec<u32> {
     let state = task.lock();
     missing(&state, wanted, chosen).take(room).collect()
 }
 
 /// Requests for parents with room, at most `room` of them, each counted
 /// in the parent's load at once.
+///
+/// This runs every time a piece lands, in every download on the host, so
+/// the missing pieces are ranked once per call (rarest first, ties at
+/// random) and each parent takes the first it can serve.
 fn plan(
     task: &Task,
     wanted: &Range<u32>,
-    chosen: &mut HashSet<u32>,
+    chosen: &mut Bitmap,
     cap: u32,
     room: usize,
 ) -> Vec<(u32, ParentView)> {
@@ -143,17 +143,25 @@ fn plan(
             holders[n as usize] += 1;
         }
     }
+    let mut rng = rand::rng();
+    let mut ranked: Vec<(u32, u32, u32)> = missing(&state, wanted, chosen)
+        .map(|n| (holders[n as usize], rng.random(), n))
+        .collect();
+    if ranked.is_empty() {
+        return Vec::new();
+    }
+    ranked.sort_unstable();
     let mut parents: Vec<ParentView> = state.parents.iter().filter(usable).cloned().collect();
-    parents.shuffle(&mut rand::rng());
+    parents.shuffle(&mut rng);
     // Plain peers first: the root only gets what is left of the room.
     parents.sort_by_key(|p| p.is_root);
     let mut plans = Vec::new();
     for parent in parents {
         while plans.len() < room && load(&state, &parent) < cap {
-            let Some(n) = best_piece(&state, wanted, &parent, &holders, chosen) else {
+            let Some(n) = best_piece(&ranked, &parent, chosen) else {
                 break;
             };
-            chosen.insert(n);
+            chosen.set(n);
             *state.load.entry(parent.host_id.clone()).or_default() += 1;
             plans.push((n, parent.clone()));
         }
@@ -165,31 +173,20 @@ fn load(state: &State, parent: &ParentView) -> u32 {
     state.load.get(&parent.host_id).copied().unwrap_or(0)
 }
 
-/// The piece to ask `parent` for: the rarest it holds; from the root, one
-/// it holds before one it must fetch.
-fn best_piece(
-    state: &State,
-    wanted: &Range<u32>,
-    parent: &ParentView,
-    holders: &[u32],
-    chosen: &HashSet<u32>,
-) -> Option<u32> {
-    missing(state, wanted, chosen)
-        // Nobody but the root has it, or this parent has it.
-        .filter(|&n| {
-            if parent.is_root {
-                holders[n as usize] == 0
-            } else {
-                parent.bitmap.get(n)
-            }
-        })
-        .map(|n| {
-            let root_must_fetch = parent.is_root && !parent.bitmap.get(n);
-            (
-                (root_must_fetch, holders[n as usize], rand::random::<u32>()),
-                n,
-            )
-        })
-        .min()
-        .map(|(_, n)| n)
+/// The piece to ask `parent` for, from `ranked` (rarest first): the rarest
+/// it holds; from the root, only pieces no plain parent holds, one it
+/// holds before one it must fetch from the origin.
+fn best_piece(ranked: &[(u32, u32, u32)], parent: &ParentView, chosen: &Bitmap) -> Option<u32> {
+    let open = ranked.iter().filter(|c| !chosen.get(c.2));
+    if !parent.is_root {
+        return open.map(|c| c.2).find(|&n| parent.bitmap.get(n));
+    }
+    let mut must_fetch = None;
+    for &(_, _, n) in open.take_while(|c| c.0 == 0) {
+        if parent.bitmap.get(n) {
+            return Some(n);
+        }
+        must_fetch.get_or_insert(n);
+    }
+    must_fetch
 }

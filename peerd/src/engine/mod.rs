@@ -63,6 +63,26 @@ pub struct Inner {
     opening: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// How often a read-ahead waiting on a whole-task download checks that the
+/// download still runs.
+const WHOLE_DOWNLOAD_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Counts a running whole-task download in the task's state while alive.
+struct WholeDownload(Arc<Task>);
+
+impl WholeDownload {
+    fn start(task: &Arc<Task>) -> WholeDownload {
+        task.lock().whole_downloads += 1;
+        WholeDownload(task.clone())
+    }
+}
+
+impl Drop for WholeDownload {
+    fn drop(&mut self) {
+        self.0.lock().whole_downloads -= 1;
+    }
+}
+
 /// A cheap handle on the engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -349,7 +369,37 @@ impl Engine {
     /// Fetches every missing piece of the task (see `bulk` for the order).
     pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
         task.touch();
+        let _running = WholeDownload::start(task);
         bulk::download(self, task, 0..task.layout.piece_count(), Priority::Bulk).await
+    }
+
+    /// Tells the scheduler, once, that this host wants all of a task it
+    /// opened for lazy reading: a seed root then streams the task from the
+    /// origin at full speed instead of piece by piece as readers ask.
+    pub fn announce_wanted_whole(&self, task: &Arc<Task>) {
+        {
+            let mut state = task.lock();
+            if state.wanted_whole || state.is_root || state.present.is_full() {
+                return;
+            }
+            state.wanted_whole = true;
+        }
+        let (engine, task) = (self.clone(), task.clone());
+        tokio::spawn(async move {
+            let request = RegisterPeerRequest {
+                want_whole: true,
+                // Lets a scheduler that restarted learn the task again.
+                meta: Some(task.meta.clone()),
+                ..Default::default()
+            };
+            match engine.inner.link.register_peer(&task.id, request).await {
+                Ok(resp) => task.lock().is_root = resp.is_root,
+                Err(status) => {
+                    tracing::debug!(task = %task.id, "cannot tell the scheduler the task is wanted whole: {}", status.message());
+                    task.lock().wanted_whole = false;
+                }
+            }
+        });
     }
 
     /// Fetches the pieces covering a read-ahead window, choosing among
@@ -359,6 +409,16 @@ impl Engine {
         task: &Arc<Task>,
         pieces: std::ops::Range<u32>,
     ) -> Result<(), EngineError> {
+        // A whole-task download already plans every missing piece; a second
+        // planner for the same pieces would only burn CPU. Wait for it, and
+        // plan here only if it ends (fails) first.
+        let mut progress = task.subscribe();
+        while task.lock().whole_downloads > 0 {
+            if task.has_all(pieces.clone()) {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(WHOLE_DOWNLOAD_CHECK, progress.changed()).await;
+        }
         bulk::download(self, task, pieces, Priority::Prefetch).await
     }
 

@@ -71,6 +71,10 @@ pub struct State {
     pub fanout: super::fanout::Fanout,
     pub last_access: SystemTime,
     last_touch: Option<Instant>,
+    /// The scheduler was told this host wants the whole task.
+    pub wanted_whole: bool,
+    /// Whole-task downloads running (dfget, a seed, a sequential reader).
+    pub whole_downloads: u32,
 }
 
 impl State {
@@ -129,6 +133,8 @@ impl Task {
                 fanout: Default::default(),
                 last_access: loaded.last_access,
                 last_touch: None,
+                wanted_whole: false,
+                whole_downloads: 0,
             }),
             progress: watch::channel(present_bytes).0,
             capacity: tokio::sync::Notify::new(),
@@ -147,6 +153,11 @@ impl Task {
 
     pub fn has_piece(&self, n: u32) -> bool {
         self.lock().present.get(n)
+    }
+
+    pub fn has_all(&self, pieces: std::ops::Range<u32>) -> bool {
+        let state = self.lock();
+        pieces.into_iter().all(|n| state.present.get(n))
     }
 
     pub fn info(&self) -> TaskInfo {
