@@ -219,6 +219,8 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
             timeline.report()
             for h in [1] + run.hosts:
                 shutil.copy(work / f"h{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-h{h}.log")
+                if (work / f"dffs{h}.log").exists():
+                    shutil.copy(work / f"dffs{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-dffs{h}.log")
         verified = sum(1 for h in run.hosts if codes[h] == 0 and sha256(run.out(h)) == expected)
     finally:
         run.close()

@@ -25,6 +25,11 @@ use std::time::Duration;
 
 /// The first window once a reader looks sequential.
 const INITIAL_WINDOW: u64 = 2 << 20;
+/// How far a read may start from where the last one ended and still count
+/// as in order: the kernel's own read-ahead sends
+/// several requests at once, up to about 12 MiB apart, and two FUSE threads
+/// may handle them out of order.
+const REORDER_SLACK: u64 = 16 << 20;
 
 struct Handle {
     passthrough: bool,
@@ -97,32 +102,33 @@ impl Handles {
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let h = open.get_mut(&fh)?;
-        let sequential = start == h.next_expected;
-        h.next_expected = end;
+        let sequential = start.abs_diff(h.next_expected) <= REORDER_SLACK;
         if !sequential {
+            h.next_expected = end;
             h.window = 0;
             h.prefetched_until = 0;
             h.run_from_start = false;
             return None;
         }
-        h.window = (h.window * 2).clamp(INITIAL_WINDOW, self.max_window);
-        let target = (end + h.window).min(length);
-        let from = h.prefetched_until.max(end);
-        // Top up only when half the window is used, to ask in big steps.
-        if target <= from || target - from < h.window / 2 && target != length {
-            return None;
-        }
-        h.prefetched_until = target;
+        h.next_expected = h.next_expected.max(end);
+        // Asked once per handle, even when the window already reaches the
+        // end: the whole download also tells the cluster to stream the task.
         let whole = self.whole_after > 0
             && h.run_from_start
             && !h.asked_whole
             && end >= self.whole_after
-            && target < length;
+            && end < length;
         h.asked_whole |= whole;
-        Some(ReadAhead {
-            range: from..target,
-            whole,
-        })
+        h.window = (h.window * 2).clamp(INITIAL_WINDOW, self.max_window);
+        let target = (end + h.window).min(length);
+        let from = h.prefetched_until.max(end);
+        // Top up only when half the window is used, to ask in big steps.
+        let top_up = target > from && (target - from >= h.window / 2 || target == length);
+        if top_up {
+            h.prefetched_until = target;
+        }
+        let range = if top_up { from..target } else { end..end };
+        (top_up || whole).then_some(ReadAhead { range, whole })
     }
 }
 
@@ -136,14 +142,14 @@ pub fn prefetch(
     timeout: Duration,
 ) {
     let ReadAhead { range, whole } = ahead;
+    if whole && !node.is_complete() {
+        runtime.spawn(follow_whole_download(peerd.clone(), node.clone(), timeout));
+    }
     let pieces = node
         .layout
         .pieces_covering(range.start, range.end - range.start);
-    if node.has_all(pieces.clone()) {
+    if range.is_empty() || node.has_all(pieces.clone()) {
         return;
-    }
-    if whole {
-        runtime.spawn(follow_whole_download(peerd.clone(), node.clone(), timeout));
     }
     let (peerd, node) = (peerd.clone(), node.clone());
     runtime.spawn(async move {
@@ -217,6 +223,27 @@ mod tests {
     }
 
     #[test]
+    fn requests_handled_slightly_out_of_order_still_count_as_sequential() {
+        let handles = Handles::new(16 * MIB, 8 * MIB);
+        let fh = handles.open(2, false);
+        // The kernel's read-ahead asks for four 1 MiB blocks at a time, and
+        // they arrive shuffled within each batch.
+        let mut asked_whole = 0;
+        for batch in 0..8u64 {
+            for i in [1, 0, 3, 2] {
+                let start = (batch * 4 + i) * MIB;
+                if let Some(a) = handles.advance(fh, start, start + MIB, GIB) {
+                    asked_whole += usize::from(a.whole);
+                }
+            }
+        }
+        assert_eq!(asked_whole, 1, "a shuffled read from the start is still a whole read");
+        let fh = handles.open(2, false);
+        assert_eq!(whole_asks(&handles, fh, 0, 2), 0);
+        assert_eq!(window(&handles, fh, 100 * MIB, 100 * MIB + 4096), None);
+    }
+
+    #[test]
     fn the_window_stops_at_the_end_and_at_the_limit() {
         let handles = Handles::new(4 * MIB, 0);
         let fh = handles.open(2, false);
@@ -250,6 +277,20 @@ mod tests {
         let fh = handles.open(2, false);
         assert_eq!(whole_asks(&handles, fh, 0, 7), 0, "asked before 8 MiB");
         assert_eq!(whole_asks(&handles, fh, 7 * MIB, 100), 1);
+    }
+
+    #[test]
+    fn a_file_the_window_covers_early_still_gets_the_whole_ask() {
+        // 128 MiB: after a few reads the window reaches the end, yet the
+        // cluster must still hear that the task is wanted whole.
+        let handles = Handles::new(128 * MIB, 8 * MIB);
+        let fh = handles.open(2, false);
+        let length = 128 * MIB;
+        let asks: Vec<ReadAhead> = (0..128)
+            .filter_map(|i| handles.advance(fh, i * MIB, (i + 1) * MIB, length))
+            .collect();
+        assert_eq!(asks.iter().filter(|a| a.whole).count(), 1, "{asks:?}");
+        assert_eq!(asks.iter().map(|a| a.range.end).max(), Some(length));
     }
 
     #[test]

@@ -33,20 +33,36 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// How a download ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Every wanted piece is present.
+    Done,
+    /// A read-ahead stopped planning because a whole-task download started,
+    /// which plans every piece anyway; its own fetches still run.
+    WholeTookOver,
+}
+
 /// Fetches every missing piece of `wanted` at `priority`.
 pub(super) async fn download(
     engine: &Engine,
     task: &Arc<Task>,
     wanted: Range<u32>,
     priority: Priority,
-) -> Result<(), EngineError> {
+) -> Result<Outcome, EngineError> {
     let window = engine.inner.settings.bulk_window.max(1);
     let cap = engine.inner.settings.requests_per_parent;
     let mut waiting = FuturesUnordered::new();
     let mut chosen = Bitmap::new(task.layout.piece_count());
     let mut refreshed: Option<Instant> = None;
     while !task.has_all(wanted.clone()) {
-        let is_root = task.lock().is_root;
+        let (is_root, whole_running) = {
+            let state = task.lock();
+            (state.is_root, state.whole_downloads > 0)
+        };
+        if priority == Priority::Prefetch && whole_running {
+            return Ok(Outcome::WholeTookOver);
+        }
         if !is_root && refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
             refreshed = Some(Instant::now());
             let (engine, task) = (engine.clone(), task.clone());
@@ -95,7 +111,7 @@ pub(super) async fn download(
             _ = tokio::time::timeout(IDLE_WAIT, task.capacity.notified()) => {}
         }
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 fn missing<'a>(
@@ -135,6 +151,10 @@ fn plan(
             .get(&p.host_id)
             .is_none_or(|until| *until <= now)
     };
+    let has_room = |p: &ParentView| load(&state, p) < cap;
+    if room == 0 || !state.parents.iter().filter(usable).any(has_room) {
+        return Vec::new();
+    }
     // How many usable plain parents hold each piece. A parent that is
     // blocked (down, or lying) must not keep the root from serving.
     let mut holders = vec![0u32; count as usize];
@@ -151,18 +171,22 @@ fn plan(
         return Vec::new();
     }
     ranked.sort_unstable();
-    let mut parents: Vec<ParentView> = state.parents.iter().filter(usable).cloned().collect();
-    parents.shuffle(&mut rng);
+    let mut order: Vec<usize> = (0..state.parents.len())
+        .filter(|&i| usable(&&state.parents[i]))
+        .collect();
+    order.shuffle(&mut rng);
     // Plain peers first: the root only gets what is left of the room.
-    parents.sort_by_key(|p| p.is_root);
+    order.sort_by_key(|&i| state.parents[i].is_root);
+    let state = &mut *state;
     let mut plans = Vec::new();
-    for parent in parents {
-        while plans.len() < room && load(&state, &parent) < cap {
-            let Some(n) = best_piece(&ranked, &parent, chosen) else {
+    for parent in order.into_iter().map(|i| &state.parents[i]) {
+        let load = state.load.entry(parent.host_id.clone()).or_default();
+        while plans.len() < room && *load < cap {
+            let Some(n) = best_piece(&ranked, parent, chosen) else {
                 break;
             };
             chosen.set(n);
-            *state.load.entry(parent.host_id.clone()).or_default() += 1;
+            *load += 1;
             plans.push((n, parent.clone()));
         }
     }

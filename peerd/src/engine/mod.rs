@@ -370,7 +370,8 @@ impl Engine {
     pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
         task.touch();
         let _running = WholeDownload::start(task);
-        bulk::download(self, task, 0..task.layout.piece_count(), Priority::Bulk).await
+        bulk::download(self, task, 0..task.layout.piece_count(), Priority::Bulk).await?;
+        Ok(())
     }
 
     /// Tells the scheduler, once, that this host wants all of a task it
@@ -411,15 +412,20 @@ impl Engine {
     ) -> Result<(), EngineError> {
         // A whole-task download already plans every missing piece; a second
         // planner for the same pieces would only burn CPU. Wait for it, and
-        // plan here only if it ends (fails) first.
+        // plan here again only if it ends (fails) first.
         let mut progress = task.subscribe();
-        while task.lock().whole_downloads > 0 {
-            if task.has_all(pieces.clone()) {
+        loop {
+            while task.lock().whole_downloads > 0 {
+                if task.has_all(pieces.clone()) {
+                    return Ok(());
+                }
+                let _ = tokio::time::timeout(WHOLE_DOWNLOAD_CHECK, progress.changed()).await;
+            }
+            let outcome = bulk::download(self, task, pieces.clone(), Priority::Prefetch).await?;
+            if outcome == bulk::Outcome::Done {
                 return Ok(());
             }
-            let _ = tokio::time::timeout(WHOLE_DOWNLOAD_CHECK, progress.changed()).await;
         }
-        bulk::download(self, task, pieces, Priority::Prefetch).await
     }
 
     /// Carries out a seed command: root the task, resolving it first if
