@@ -45,7 +45,7 @@ impl MountArgs {
             whole_after_mib: 8,
             read_ahead_kb: 4096,
             passthrough: true,
-            direct_io: false,
+            direct_io: true,
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 65009))),
             log_file: None,
         }

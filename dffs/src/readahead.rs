@@ -36,6 +36,8 @@ struct Handle {
     next_expected: u64,
     window: u64,
     prefetched_until: u64,
+    /// Bytes read in the current sequential run.
+    run_bytes: u64,
     /// The current sequential run began at offset 0.
     run_from_start: bool,
     /// This handle already asked for the whole task.
@@ -75,6 +77,7 @@ impl Handles {
             next_expected: 0,
             window: 0,
             prefetched_until: 0,
+            run_bytes: 0,
             run_from_start: true,
             asked_whole: false,
         };
@@ -102,21 +105,29 @@ impl Handles {
         }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let h = open.get_mut(&fh)?;
-        let sequential = start.abs_diff(h.next_expected) <= REORDER_SLACK;
+        // A run starts only where the last read ended; once running, it
+        // tolerates the kernel's reordering.
+        let sequential = if h.run_bytes == 0 {
+            start == h.next_expected
+        } else {
+            start.abs_diff(h.next_expected) <= REORDER_SLACK
+        };
         if !sequential {
             h.next_expected = end;
             h.window = 0;
             h.prefetched_until = 0;
+            h.run_bytes = 0;
             h.run_from_start = false;
             return None;
         }
         h.next_expected = h.next_expected.max(end);
+        h.run_bytes += end - start;
         // Asked once per handle, even when the window already reaches the
         // end: the whole download also tells the cluster to stream the task.
         let whole = self.whole_after > 0
             && h.run_from_start
             && !h.asked_whole
-            && end >= self.whole_after
+            && h.run_bytes >= self.whole_after
             && end < length;
         h.asked_whole |= whole;
         h.window = (h.window * 2).clamp(INITIAL_WINDOW, self.max_window);
@@ -226,11 +237,12 @@ mod tests {
     fn requests_handled_slightly_out_of_order_still_count_as_sequential() {
         let handles = Handles::new(16 * MIB, 8 * MIB);
         let fh = handles.open(2, false);
-        // The kernel's read-ahead asks for four 1 MiB blocks at a time, and
-        // they arrive shuffled within each batch.
+        // The first read is the reader's own; then the kernel's read-ahead
+        // asks for four 1 MiB blocks at a time, which arrive shuffled.
         let mut asked_whole = 0;
+        assert!(handles.advance(fh, 0, MIB, GIB).is_some());
         for batch in 0..8u64 {
-            for i in [1, 0, 3, 2] {
+            for i in [2, 1, 4, 3] {
                 let start = (batch * 4 + i) * MIB;
                 if let Some(a) = handles.advance(fh, start, start + MIB, GIB) {
                     asked_whole += usize::from(a.whole);
@@ -241,6 +253,14 @@ mod tests {
         let fh = handles.open(2, false);
         assert_eq!(whole_asks(&handles, fh, 0, 2), 0);
         assert_eq!(window(&handles, fh, 100 * MIB, 100 * MIB + 4096), None);
+    }
+
+    #[test]
+    fn one_read_near_the_start_is_neither_a_run_nor_a_whole_read() {
+        let handles = Handles::new(16 * MIB, 8 * MIB);
+        // `dd skip=... count=1`: a new handle, one 4 KiB read at 10 MiB.
+        let fh = handles.open(2, false);
+        assert_eq!(handles.advance(fh, 10 * MIB, 10 * MIB + 4096, GIB), None);
     }
 
     #[test]

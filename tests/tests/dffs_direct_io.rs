@@ -1,6 +1,7 @@
-//! The `direct_io` mount option: files not yet complete bypass the page
-//! cache, yet read right, stay lazy, and can still be memory-mapped (as
-//! executables and libraries in an image layer are).
+//! The `direct_io` mount option, on by default: files not yet complete
+//! bypass the page cache, yet read right, stay lazy, and can still be
+//! memory-mapped (as executables and libraries in an image layer are). With
+//! `direct_io=0` they go through the page cache instead.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -33,13 +34,13 @@ fn sha256_of_mapping(path: &std::path::Path, len: usize, flags: i32) -> Result<S
 }
 
 #[test]
-fn direct_io_reads_and_maps_incomplete_files_correctly() {
+fn by_default_incomplete_files_bypass_the_page_cache_and_still_read_and_map_right() {
     let cluster = Cluster::start(true, 1);
     let size = 12 * MIB + 4321;
     let (origin, digest) = cluster.serve_file("a.bin", size, &[]);
     let mapped_digest = tests::write_random_file(&cluster.origin_root().join("b.bin"), size);
     let peer = &cluster.peers[0];
-    let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &["-o", "direct_io"]);
+    let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &[]);
 
     // The same 4 MiB read twice on one handle: without the page cache,
     // both reads reach dffs, and exactly those bytes (no kernel read-ahead).
@@ -75,4 +76,40 @@ fn direct_io_reads_and_maps_incomplete_files_correctly() {
         served as f64 <= 2.1 * size as f64,
         "origin served {served} bytes for two files of {size}"
     );
+}
+
+#[test]
+fn with_direct_io_off_incomplete_files_are_read_through_the_page_cache() {
+    let cluster = Cluster::start(true, 1);
+    let size = 12 * MIB + 4321;
+    let (origin, digest) = cluster.serve_file("a.bin", size, &[]);
+    let peer = &cluster.peers[0];
+    let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &["-o", "direct_io=0"]);
+    let id = peer.dffs_add(&origin.url("a.bin"));
+    let expected = std::fs::read(cluster.origin_root().join("a.bin")).unwrap();
+
+    // The same last 4 MiB read twice on one handle (the kernel's read-ahead
+    // has nothing beyond them to add): the second read is answered from the
+    // page cache and never reaches dffs.
+    let file = std::fs::File::open(mnt.path(&id)).unwrap();
+    let tail = (size - 4 * MIB) as u64;
+    let mut first = vec![0u8; 4 * MIB];
+    file.read_exact_at(&mut first, tail).unwrap();
+    let after_first = mnt.metric("dffs_fs_read_bytes_total", "");
+    let mut second = vec![0u8; 4 * MIB];
+    file.read_exact_at(&mut second, tail).unwrap();
+    let after_second = mnt.metric("dffs_fs_read_bytes_total", "");
+    assert!(
+        first == expected[tail as usize..] && second == first,
+        "wrong bytes through the mount"
+    );
+    assert_eq!(
+        after_second, after_first,
+        "the repeated read reached dffs despite the page cache"
+    );
+    drop(file);
+
+    let copy = cluster.dir.path().join("copy");
+    std::fs::copy(mnt.path(&id), &copy).unwrap();
+    assert_eq!(tests::sha256_file(&copy), digest);
 }
