@@ -206,6 +206,9 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         run.origin("_reset")
         timeline = Timeline(run, size) if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl" else None
         t0 = time.monotonic()
+        if timeline:
+            print(f"    clients start at {time.strftime('%H:%M:%S', time.gmtime())}.{int(time.time() % 1 * 1000):03d} UTC",
+                  flush=True)
         clients = run.clients(scenario)
         ends, codes = {}, {}
         while len(ends) < len(clients):

@@ -249,7 +249,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(asked_whole, 1, "a shuffled read from the start is still a whole read");
+        assert_eq!(
+            asked_whole, 1,
+            "a shuffled read from the start is still a whole read"
+        );
         let fh = handles.open(2, false);
         assert_eq!(whole_asks(&handles, fh, 0, 2), 0);
         assert_eq!(window(&handles, fh, 100 * MIB, 100 * MIB + 4096), None);

@@ -58,7 +58,11 @@ impl Peer for LocalApi {
                 }
                 task
             }
-            None => return Err(Status::invalid_argument("a source URL or a task-id is required")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "a source URL or a task-id is required",
+                ));
+            }
         }
         .map_err(status)?;
         if task.is_complete() {

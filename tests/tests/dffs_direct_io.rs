@@ -84,7 +84,11 @@ fn with_direct_io_off_incomplete_files_are_read_through_the_page_cache() {
     let size = 12 * MIB + 4321;
     let (origin, digest) = cluster.serve_file("a.bin", size, &[]);
     let peer = &cluster.peers[0];
-    let mnt = DffsMount::start(peer, &cluster.dir.path().join("mnt"), &["-o", "direct_io=0"]);
+    let mnt = DffsMount::start(
+        peer,
+        &cluster.dir.path().join("mnt"),
+        &["-o", "direct_io=0"],
+    );
     let id = peer.dffs_add(&origin.url("a.bin"));
     let expected = std::fs::read(cluster.origin_root().join("a.bin")).unwrap();
 

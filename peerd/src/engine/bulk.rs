@@ -16,9 +16,9 @@
 
 use super::task::{ParentView, PieceResult, State, Task};
 use super::{Engine, EngineError, fetch};
+use api::piece::Bitmap;
 use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
-use api::piece::Bitmap;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use std::ops::Range;
