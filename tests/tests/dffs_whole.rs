@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 use tests::fuse::DffsMount;
-use tests::{Cluster, sha256_file, wait_until};
+use tests::{Cluster, Origin, sha256_file, wait_until};
 
 const MIB: usize = 1 << 20;
 const SIZE: usize = 64 * MIB;
@@ -21,21 +21,52 @@ fn read_in_order(mnt: &DffsMount, id: &str, original: &[u8], start: usize) {
     }
 }
 
+/// A seed, one peer with dffs mounted (2 MiB read-ahead, whole task after
+/// 8 MiB), and a 64 MiB file registered with `dffs add`.
+struct Setup {
+    // Dropped last: the mount goes before the cluster it reads from.
+    mnt: DffsMount,
+    cluster: Cluster,
+    origin: Origin,
+    digest: String,
+    original: Vec<u8>,
+    id: String,
+}
+
+fn setup() -> Setup {
+    let cluster = Cluster::start(true, 1);
+    let (origin, digest) = cluster.serve_file("f.bin", SIZE, &[]);
+    let original = std::fs::read(cluster.origin_root().join("f.bin")).unwrap();
+    let mnt = DffsMount::start(
+        &cluster.peers[0],
+        &cluster.dir.path().join("mnt"),
+        &["--readahead-mib", "2", "--whole-after-mib", "8"],
+    );
+    let id = cluster.peers[0].dffs_add(&origin.url("f.bin"));
+    Setup {
+        mnt,
+        cluster,
+        origin,
+        digest,
+        original,
+        id,
+    }
+}
+
 fn downloaded(cluster: &Cluster) -> f64 {
     cluster.peers[0].metric("dffs_download_bytes_total", "source=")
 }
 
 #[test]
 fn a_reader_that_reads_from_the_start_gets_the_whole_task_fetched() {
-    let cluster = Cluster::start(true, 1);
-    let (origin, digest) = cluster.serve_file("a.bin", SIZE, &[]);
-    let original = std::fs::read(cluster.origin_root().join("a.bin")).unwrap();
-    let mnt = DffsMount::start(
-        &cluster.peers[0],
-        &cluster.dir.path().join("mnt"),
-        &["--readahead-mib", "2", "--whole-after-mib", "8"],
-    );
-    let id = cluster.peers[0].dffs_add(&origin.url("a.bin"));
+    let Setup {
+        cluster,
+        origin,
+        digest,
+        original,
+        mnt,
+        id,
+    } = setup();
 
     read_in_order(&mnt, &id, &original, 0);
     // The reader stopped at 12 MiB with a 2 MiB window, yet the host gets
@@ -59,15 +90,15 @@ fn a_reader_that_reads_from_the_start_gets_the_whole_task_fetched() {
 
 #[test]
 fn a_reader_that_starts_mid_file_keeps_a_bounded_read_ahead() {
-    let cluster = Cluster::start(true, 1);
-    let (origin, _) = cluster.serve_file("b.bin", SIZE, &[]);
-    let original = std::fs::read(cluster.origin_root().join("b.bin")).unwrap();
-    let mnt = DffsMount::start(
-        &cluster.peers[0],
-        &cluster.dir.path().join("mnt"),
-        &["--readahead-mib", "2", "--whole-after-mib", "8"],
-    );
-    let id = cluster.peers[0].dffs_add(&origin.url("b.bin"));
+    // The origin must outlive the reads: bind it, do not let `..` drop it.
+    let Setup {
+        cluster,
+        origin: _origin,
+        original,
+        mnt,
+        id,
+        ..
+    } = setup();
 
     read_in_order(&mnt, &id, &original, 32 * MIB);
     // Time for a whole download to show, had one started.
