@@ -37,9 +37,29 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on loopback. Another process could take it before it
-/// is used, but on a test machine that is rare enough.
+/// Ports each test process picks from (see `free_port`).
+const PORT_BLOCK: u16 = 40;
+/// Blocks between 10000 and 30000, below Linux's ephemeral range.
+const PORT_BLOCKS: u32 = 500;
+
+/// A free TCP port on loopback for a daemon to listen on.
+///
+/// A port the kernel hands out for port 0 comes from the ephemeral range,
+/// and may be handed again to some other test's outgoing connection before
+/// the daemon binds it (CI once saw a seed fail to start that way). Ports
+/// below that range are never handed out on their own, so each test
+/// process takes its own block of them, chosen by pid, and skips any port
+/// that is in use.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = 10_000 + (std::process::id() % PORT_BLOCKS) as u16 * PORT_BLOCK;
+    for _ in 0..PORT_BLOCK {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind port 0")
         .local_addr()
@@ -144,11 +164,23 @@ impl Daemon {
         self.kill();
     }
 
+    /// The log's last `lines` lines, leaving out backtrace frames so that
+    /// the error above a long backtrace stays in view.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
+        let all: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// `   3: some::function` or `      at ./src/file.rs:12:5`.
+fn is_backtrace_frame(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    trimmed.len() < line.len()
+        && (trimmed.starts_with("at ")
+            || trimmed
+                .split_once(": ")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 impl Drop for Daemon {
