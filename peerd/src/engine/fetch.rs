@@ -428,7 +428,7 @@ async fn wait_for_digest(
     n: u32,
 ) -> Result<PieceDigest, EngineError> {
     for attempt in 0..5u64 {
-        refresh_parents(engine, task).await?;
+        refresh(engine, task, Some(n)).await?;
         if let Some(d) = task.digest(n) {
             return Ok(d);
         }
@@ -443,13 +443,31 @@ async fn wait_for_digest(
 /// Asks the scheduler for the task's parents and the digests still
 /// missing. Concurrent callers share one request.
 pub(super) async fn refresh_parents(engine: &Engine, task: &Arc<Task>) -> Result<(), EngineError> {
+    refresh(engine, task, None).await
+}
+
+/// Like `refresh_parents`, but a caller holding piece `needed_digest`
+/// without its digest asks at once rather than after the usual interval:
+/// a piece a root has just fetched arrives before the next refresh would,
+/// and waiting out the interval capped lazy reads from a cold cluster at a
+/// few pieces per 100 ms.
+async fn refresh(
+    engine: &Engine,
+    task: &Arc<Task>,
+    needed_digest: Option<u32>,
+) -> Result<(), EngineError> {
     let _one_at_a_time = task.refresh.lock().await;
     let want_digests: Vec<u32> = {
         let state = task.lock();
-        if state
+        let fresh = state
             .parents_at
-            .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL)
-        {
+            .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL);
+        let satisfied = match needed_digest {
+            // Another caller's refresh may have brought it meanwhile.
+            Some(n) => state.digests.get(n as usize).is_some_and(Option::is_some),
+            None => fresh,
+        };
+        if satisfied {
             return Ok(());
         }
         (0..task.layout.piece_count())
