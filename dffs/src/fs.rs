@@ -96,12 +96,15 @@ impl DffsFs {
     /// handles still open).
     fn open_handle(&self, node: &Node, reply: &ReplyOpen) -> Option<Arc<fuser::BackingId>> {
         let mut io = node.io.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, users)) = io.passthrough.as_mut() {
+        let stale = io.stale;
+        if let Some((id, users)) = io.passthrough.as_mut().filter(|_| !stale) {
             *users += 1;
             return Some(id.clone());
         }
-        let eligible =
-            self.passthrough.load(Ordering::Relaxed) && node.is_complete() && io.cached == 0;
+        let eligible = self.passthrough.load(Ordering::Relaxed)
+            && node.is_complete()
+            && io.cached == 0
+            && io.passthrough.is_none();
         let backing = eligible
             .then(|| node.content().ok())
             .flatten()
@@ -226,7 +229,13 @@ impl Filesystem for DffsFs {
         let Some(node) = self.nodes.get(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        node.revalidate();
+        if node.revalidate() {
+            // Handles still open (a release may be on its way, as FUSE
+            // sends it after close() returns) keep the old file; new opens
+            // must not get it.
+            let mut io = node.io.lock().unwrap_or_else(|e| e.into_inner());
+            io.stale = io.passthrough.is_some();
+        }
         match self.open_handle(&node, &reply) {
             Some(backing) => {
                 let fh = self.handles.open(node.ino, true);
@@ -337,6 +346,7 @@ impl Filesystem for DffsFs {
                     *users -= 1;
                     if *users == 0 {
                         io.passthrough = None;
+                        io.stale = false;
                     }
                 }
             } else {

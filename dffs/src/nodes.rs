@@ -40,6 +40,9 @@ pub struct IoMode {
     pub cached: u32,
     /// The backing registration, and how many handles use it.
     pub passthrough: Option<(Arc<fuser::BackingId>, u32)>,
+    /// The passthrough file is a copy of peerd's that changed since: it
+    /// serves the handles already open on it and is never handed out again.
+    pub stale: bool,
 }
 
 impl Node {
@@ -93,17 +96,21 @@ impl Node {
     /// uses it: it was replaced (peerd dropped and refetched the task), or,
     /// for a complete task, written since it was opened (a user edited a
     /// download that shares its bytes). Reads then go through peerd again.
-    pub fn revalidate(&self) {
+    /// Forgets what was learnt from peerd's content file if that file was
+    /// replaced or written since; true when it was.
+    pub fn revalidate(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mut slot = self.content.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(file) = slot.as_ref() else { return };
+        let Some(file) = slot.as_ref() else {
+            return false;
+        };
         let path = self
             .content_path
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let (Ok(opened), current) = (file.metadata(), std::fs::metadata(&path)) else {
-            return;
+            return false;
         };
         let replaced = current.map_or(true, |c| (c.dev(), c.ino()) != (opened.dev(), opened.ino()));
         let written = self.is_complete()
@@ -117,6 +124,7 @@ impl Node {
             self.complete
                 .store(self.layout.piece_count() == 0, Ordering::Release);
         }
+        replaced || written
     }
 
     /// peerd's content file, opened read-only once and shared.

@@ -341,8 +341,19 @@ fn mount_t_dffs_and_umount_work() {
     );
 }
 
-#[test]
-fn an_edited_download_is_not_served_through_the_mount() {
+/// A file downloaded with dfget on a peer with dffs mounted: the cluster,
+/// origin and mount (kept alive), the download, its path under the mount,
+/// and its digest.
+struct Downloaded {
+    _mnt: DffsMount,
+    _origin: Origin,
+    _cluster: Cluster,
+    out: std::path::PathBuf,
+    path: std::path::PathBuf,
+    digest: String,
+}
+
+fn download_under_mount() -> Downloaded {
     let cluster = Cluster::start(true, 1);
     let (origin, digest) = origin_with(&cluster, "e.bin", 3 * MIB, &[]);
     let url = origin.url("e.bin");
@@ -353,20 +364,63 @@ fn an_edited_download_is_not_served_through_the_mount() {
     let id = String::from_utf8(run(tests::bin("dfget").to_str().unwrap(), &["--id", &url]).stdout)
         .unwrap();
     let path = mnt.path(id.trim());
-    assert_eq!(sha256sum(&path), digest);
+    Downloaded {
+        _mnt: mnt,
+        _origin: origin,
+        _cluster: cluster,
+        out,
+        path,
+        digest,
+    }
+}
+
+#[test]
+fn an_edited_download_is_not_served_through_the_mount() {
+    let download = download_under_mount();
+    let (out, path, digest) = (&download.out, &download.path, download.digest.as_str());
+    assert_eq!(sha256sum(path), digest);
     // The download may share its bytes with peerd's cache; edit it. The
     // pause also lets dffs handle the first reader's release, which FUSE
-    // delivers after close() returns: an open racing with that release
-    // would reuse its passthrough file (a known gap, see the issue notes).
+    // delivers after close() returns: while it is pending, a new open gets
+    // an error rather than the edited bytes (see the next test).
     std::thread::sleep(Duration::from_millis(100));
-    let mut file = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(out).unwrap();
     std::io::Write::write_all(&mut file, b"edited").unwrap();
     drop(file);
     assert_eq!(
-        sha256sum(&path),
+        sha256sum(path),
         digest,
         "the mount must not serve the edited bytes"
     );
+}
+
+#[test]
+fn an_edited_download_is_not_served_to_new_opens_while_an_old_reader_holds_it() {
+    let download = download_under_mount();
+    let (out, path, digest) = (&download.out, &download.path, download.digest.as_str());
+    // A reader keeps the complete file open (through passthrough) while
+    // the download, which may share peerd's bytes, is edited.
+    let held = std::fs::File::open(path).unwrap();
+    assert_eq!(sha256sum(path), digest);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut file = std::fs::OpenOptions::new().write(true).open(out).unwrap();
+    std::io::Write::write_all(&mut file, b"edited").unwrap();
+    drop(file);
+    // The kernel lets an inode's opens share only one passthrough file, so
+    // while the old reader holds it a new reader gets the right bytes or
+    // an error, never the edited ones.
+    let while_held = run("sha256sum", &[path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&while_held.stdout);
+    assert!(
+        !while_held.status.success() || stdout.starts_with(digest),
+        "a new open was handed the edited file the old reader holds: {stdout}"
+    );
+    drop(held);
+    // Once the old reader is gone, reads are right again.
+    wait_until("the old reader's release", Duration::from_secs(5), || {
+        run("sha256sum", &[path.to_str().unwrap()]).status.success()
+    });
+    assert_eq!(sha256sum(path), digest);
 }
 
 #[test]
