@@ -10,7 +10,7 @@ repair_dev_null
 # not reach the tools either.
 exec </dev/null
 ensure_cargo
-apt_install fuse3 iproute2 procps coreutils util-linux build-essential
+apt_install fuse3 iproute2 procps coreutils util-linux build-essential python3 curl
 
 echo "== format and lints"
 cargo fmt --all -- --check
