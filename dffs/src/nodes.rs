@@ -96,8 +96,7 @@ impl Node {
     /// uses it: it was replaced (peerd dropped and refetched the task), or,
     /// for a complete task, written since it was opened (a user edited a
     /// download that shares its bytes). Reads then go through peerd again.
-    /// Forgets what was learnt from peerd's content file if that file was
-    /// replaced or written since; true when it was.
+    /// Returns whether it did.
     pub fn revalidate(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mut slot = self.content.lock().unwrap_or_else(|e| e.into_inner());

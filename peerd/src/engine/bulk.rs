@@ -180,14 +180,20 @@ fn plan(
     let state = &mut *state;
     let mut plans = Vec::new();
     for parent in order.into_iter().map(|i| &state.parents[i]) {
-        let load = state.load.entry(parent.host_id.clone()).or_default();
-        while plans.len() < room && *load < cap {
+        let mut load = load(state, parent);
+        let before = plans.len();
+        while plans.len() < room && load < cap {
             let Some(n) = best_piece(&ranked, parent, chosen) else {
                 break;
             };
             chosen.set(n);
-            *load += 1;
+            load += 1;
             plans.push((n, parent.clone()));
+        }
+        // Written back only for parents given work: this runs on every
+        // landed piece, and most parents get nothing.
+        if plans.len() > before {
+            state.load.insert(parent.host_id.clone(), load);
         }
     }
     plans

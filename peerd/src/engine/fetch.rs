@@ -459,13 +459,12 @@ async fn refresh(
     let _one_at_a_time = task.refresh.lock().await;
     let want_digests: Vec<u32> = {
         let state = task.lock();
-        let fresh = state
-            .parents_at
-            .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL);
         let satisfied = match needed_digest {
             // Another caller's refresh may have brought it meanwhile.
             Some(n) => state.digests.get(n as usize).is_some_and(Option::is_some),
-            None => fresh,
+            None => state
+                .parents_at
+                .is_some_and(|t| t.elapsed() < REFRESH_MIN_INTERVAL),
         };
         if satisfied {
             return Ok(());
