@@ -304,7 +304,8 @@ def main():
             with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads,
                          queue_ms=args.queue_ms, mtu=args.mtu) as tb:
                 origin = tb.spawn(0, [bins / "dffs-test-origin", "--root", origin_dir,
-                                      "--listen", f"{tb.ip(0)}:{ORIGIN_PORT}"], base / "origin.log")
+                                      "--listen", f"{tb.ip(0)}:{ORIGIN_PORT}",
+                                      *os.environ.get("DFFS_FANOUT_ORIGIN_ARGS", "").split()], base / "origin.log")
                 wait_until("origin", lambda: tb.run(0, ["curl", "-sf", f"http://{tb.ip(0)}:{ORIGIN_PORT}/_stats"],
                                                     capture_output=True).returncode == 0)
                 url = f"http://{tb.ip(0)}:{ORIGIN_PORT}/file.bin"

@@ -40,8 +40,10 @@ pub struct PeerdArgs {
     /// Host-wide upload limit in bytes per second (K, M, G suffixes; 0 = none).
     #[arg(long, default_value = "0", value_parser = parse_rate)]
     pub upload_rate_limit: u64,
-    /// Piece downloads in flight at once on this host.
-    #[arg(long, default_value_t = 16)]
+    /// Piece downloads in flight at once on this host. In a busy swarm a
+    /// piece takes a few hundred milliseconds to arrive, and 32 requests
+    /// keep a 100 Mbit/s link full where 16 did not.
+    #[arg(long, default_value_t = 32)]
     pub download_slots: usize,
     /// Piece requests in flight to one parent at once.
     #[arg(long, default_value_t = 4)]

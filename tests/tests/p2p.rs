@@ -112,6 +112,45 @@ fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
 }
 
 #[test]
+fn a_root_fetches_a_whole_task_in_a_few_long_origin_requests() {
+    let cluster = Cluster::start(true, 1);
+    let size = 32 << 20;
+    let (origin, expected) = cluster.serve_file("runs.bin", size, &[]);
+    let url = origin.url("runs.bin");
+    cluster.peers[0].dfget_verified(&url, "runs.out", &expected);
+    // 128 pieces of 256 KiB: one request each would be 128 or more.
+    let requests = origin.requests();
+    assert!(
+        requests <= 16,
+        "the seed sent {requests} requests to the origin for 128 pieces"
+    );
+    assert_eq!(origin.bytes_served(), size as u64);
+}
+
+#[test]
+fn an_origin_that_breaks_off_long_responses_still_yields_the_right_bytes() {
+    let cluster = Cluster::start(true, 2);
+    let size = (32 << 20) + 4321;
+    let (origin, expected) =
+        cluster.serve_file("cut.bin", size, &["--cut-after", &(3 << 20).to_string()]);
+    let url = origin.url("cut.bin");
+    for peer in &cluster.peers {
+        peer.dfget_verified(&url, "cut.out", &expected);
+    }
+    let served = origin.bytes_served();
+    assert!(
+        served as f64 <= 1.3 * size as f64,
+        "origin served {served} bytes for a {size}-byte file"
+    );
+    // Uncut, a few long requests would do; 3 MiB at a time needs more.
+    let requests = origin.requests();
+    assert!(
+        requests > 10,
+        "only {requests} requests: the origin never broke a response off"
+    );
+}
+
+#[test]
 fn writing_to_a_downloaded_file_does_not_corrupt_the_cache() {
     let cluster = Cluster::start(true, 1);
     let (origin, expected) = cluster.serve_file("w.bin", 3 << 20, &[]);

@@ -14,8 +14,8 @@
 //! A host that is itself the root fetches everything from the origin, in
 //! order.
 
-use super::task::{ParentView, PieceResult, State, Task};
-use super::{Engine, EngineError, fetch};
+use super::task::{OriginMode, ParentView, PieceResult, State, Task};
+use super::{Engine, EngineError, fetch, origin_run};
 use api::piece::Bitmap;
 use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -70,16 +70,10 @@ pub(super) async fn download(
                 let _ = fetch::refresh_parents(&engine, &task).await;
             });
         }
-        let room = window.saturating_sub(waiting.len());
         let started: Vec<watch::Receiver<PieceResult>> = if is_root {
-            in_order(task, &wanted, &chosen, room)
-                .into_iter()
-                .inspect(|&n| {
-                    chosen.set(n);
-                })
-                .flat_map(|n| task.start_fetches(engine, [n], priority))
-                .collect()
+            root_starts(engine, task, &wanted, &mut chosen, waiting.len(), priority)
         } else {
+            let room = window.saturating_sub(waiting.len());
             plan(task, &wanted, &mut chosen, cap, room)
                 .into_iter()
                 .filter_map(|(n, via)| task.start_fetch_via(engine, n, priority, via))
@@ -124,9 +118,66 @@ fn missing<'a>(
         .filter(move |&n| !state.present.get(n) && !chosen.get(n))
 }
 
-fn in_order(task: &Task, wanted: &Range<u32>, chosen: &Bitmap, room: usize) -> Vec<u32> {
-    let state = task.lock();
-    missing(&state, wanted, chosen).take(room).collect()
+/// Runs a root keeps in flight: two, so the next run's request is on its
+/// way while the last one's bytes still arrive.
+const ROOT_RUNS: usize = 2;
+
+/// What a root starts next, in piece order. Once the origin has shown it
+/// honours Range, missing pieces go out in runs of consecutive pieces, one
+/// request each; until then one piece at a time finds out. A piece another
+/// fetch already has on its way (a child asked for it) is waited on.
+fn root_starts(
+    engine: &Engine,
+    task: &Arc<Task>,
+    wanted: &Range<u32>,
+    chosen: &mut Bitmap,
+    in_flight: usize,
+    priority: Priority,
+) -> Vec<watch::Receiver<PieceResult>> {
+    let mut started = Vec::new();
+    let ranged = task.lock().origin == OriginMode::Ranged;
+    let run = if ranged {
+        (origin_run::RUN_BYTES / task.layout.piece_length).max(1) as usize
+    } else if in_flight == 0 {
+        1
+    } else {
+        return started;
+    };
+    let mut room = if ranged {
+        (ROOT_RUNS * run).saturating_sub(in_flight)
+    } else {
+        1
+    };
+    while room > 0 {
+        let (next, left) = {
+            let state = task.lock();
+            let mut ahead = missing(&state, wanted, chosen);
+            (ahead.next(), ahead.take(run).count() + 1)
+        };
+        let Some(n) = next else { break };
+        // A short run would split the task into more requests than needed.
+        if room < run && left > room {
+            break;
+        }
+        let claims = if ranged {
+            task.claim_run(n, wanted.end, room.min(run) as u32, priority)
+        } else {
+            Vec::new()
+        };
+        if claims.is_empty() {
+            chosen.set(n);
+            room -= 1;
+            started.extend(task.start_fetches(engine, [n], priority));
+            continue;
+        }
+        for claim in &claims {
+            chosen.set(claim.n);
+            started.push(claim.done.subscribe());
+        }
+        room -= claims.len();
+        tokio::spawn(origin_run::fetch(engine.clone(), task.clone(), claims));
+    }
+    started
 }
 
 /// Requests for parents with room, at most `room` of them, each counted
@@ -151,8 +202,8 @@ fn plan(
             .get(&p.host_id)
             .is_none_or(|until| *until <= now)
     };
-    let has_room = |p: &ParentView| load(&state, p) < cap;
-    if room == 0 || !state.parents.iter().filter(usable).any(has_room) {
+    let has_room = |p: &ParentView| load(&state, p) < cap && (room > 0 || p.is_root);
+    if !state.parents.iter().filter(usable).any(has_room) {
         return Vec::new();
     }
     // How many usable plain parents hold each piece. A parent that is
@@ -175,14 +226,17 @@ fn plan(
         .filter(|&i| usable(&&state.parents[i]))
         .collect();
     order.shuffle(&mut rng);
-    // Plain peers first: the root only gets what is left of the room.
+    // Plain peers first, within the room; the root after them, outside
+    // it. New pieces exist only at the root, and a host whose room is
+    // full of requests to busy peers would otherwise ask for them late:
+    // the whole swarm then trails the root, and the root's uplink idles.
     order.sort_by_key(|&i| state.parents[i].is_root);
     let state = &mut *state;
     let mut plans = Vec::new();
     for parent in order.into_iter().map(|i| &state.parents[i]) {
         let mut load = load(state, parent);
         let before = plans.len();
-        while plans.len() < room && load < cap {
+        while (plans.len() < room || parent.is_root) && load < cap {
             let Some(n) = best_piece(&ranked, parent, chosen) else {
                 break;
             };
@@ -211,12 +265,16 @@ fn best_piece(ranked: &[(u32, u32, u32)], parent: &ParentView, chosen: &Bitmap) 
     if !parent.is_root {
         return open.map(|c| c.2).find(|&n| parent.bitmap.get(n));
     }
-    let mut must_fetch = None;
+    // Of the pieces the root must fetch, the lowest: a root fetches in
+    // piece order, so that one is on its way already, and askers who meet
+    // there are spread by the root's fan-out rather than each costing it a
+    // separate origin request.
+    let mut must_fetch: Option<u32> = None;
     for &(_, _, n) in open.take_while(|c| c.0 == 0) {
         if parent.bitmap.get(n) {
             return Some(n);
         }
-        must_fetch.get_or_insert(n);
+        must_fetch = Some(must_fetch.map_or(n, |m| m.min(n)));
     }
     must_fetch
 }

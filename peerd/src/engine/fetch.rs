@@ -101,9 +101,10 @@ async fn fetch_piece(
                 // wait for a slot themselves.
                 let slot = engine.inner.slots.acquire(priority.clone()).await;
                 let level = priority.load(Ordering::Relaxed);
-                let result = from_parent(engine, task, n, &parent, level).await;
+                let mut counted = Counted::new(task, &parent.host_id);
+                let result = from_parent(engine, task, n, &parent, level, &mut counted).await;
                 drop(slot);
-                release_parent(task, &parent.host_id);
+                drop(counted);
                 match result {
                     Ok(()) => return Ok(()),
                     Err(e) if !e.is_retryable() => return Err(e),
@@ -241,6 +242,36 @@ fn release_parent(task: &Task, host_id: &str) {
     task.capacity.notify_waiters();
 }
 
+/// One request counted in a parent's load (see `State::load`), given
+/// back exactly once: when the request ends, or earlier when the parent
+/// redirects it, since a redirected request no longer costs that parent
+/// anything while it waits at the holder.
+struct Counted<'a> {
+    task: &'a Task,
+    host_id: Option<String>,
+}
+
+impl<'a> Counted<'a> {
+    fn new(task: &'a Task, host_id: &str) -> Self {
+        Counted {
+            task,
+            host_id: Some(host_id.to_string()),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(host_id) = self.host_id.take() {
+            release_parent(self.task, &host_id);
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 fn block_parent(task: &Task, host_id: &str, for_how_long: Duration) {
     task.lock()
         .blocked
@@ -253,6 +284,7 @@ async fn from_parent(
     n: u32,
     parent: &ParentView,
     level: u8,
+    counted: &mut Counted<'_>,
 ) -> Result<(), EngineError> {
     let inner = &engine.inner;
     let request = PieceRequest {
@@ -265,9 +297,10 @@ async fn from_parent(
     };
     let expected = task.layout.piece_len(n);
     let started = Instant::now();
+    tracing::trace!(task = %task.id, piece = n, to = %parent.addr, "piece requested");
     let mut buf = inner.buffers.take(expected as usize);
     metrics::gauge!("dffs_transfers_in_flight").increment(1.0);
-    let source = transfer(engine, task, n, parent, request, &mut buf).await;
+    let source = transfer(engine, task, n, parent, request, &mut buf, counted).await;
     metrics::gauge!("dffs_transfers_in_flight").decrement(1.0);
     let source = source?;
     let elapsed = started.elapsed();
@@ -321,6 +354,7 @@ async fn transfer(
     parent: &ParentView,
     request: PieceRequest,
     buf: &mut [u8],
+    counted: &mut Counted<'_>,
 ) -> Result<ParentView, EngineError> {
     let peers = &engine.inner.peers;
     let redirect_to = match peers.fetch(&parent.addr, request, buf).await {
@@ -332,6 +366,9 @@ async fn transfer(
         }) => reason,
         Err(e) => return Err(parent_failed(engine, task, n, parent, e)),
     };
+    // The parent can take another request from this host at once; the
+    // root's few request slots would otherwise sit on waits elsewhere.
+    counted.release();
     // The holder is known only by address; it stands for itself.
     let holder = ParentView {
         host_id: redirect_to.clone(),

@@ -10,6 +10,7 @@ mod fetch;
 pub mod gc;
 pub mod link;
 mod origin_fetch;
+mod origin_run;
 mod serve;
 pub mod slots;
 pub mod task;

@@ -114,7 +114,7 @@ async fn read_exact(
     Ok(bytes)
 }
 
-fn short_or_long(url: &str, which: &str) -> EngineError {
+pub(super) fn short_or_long(url: &str, which: &str) -> EngineError {
     EngineError::Origin {
         http_status: 0,
         message: format!("origin sent {which} bytes than it announced for {url}"),
@@ -122,7 +122,7 @@ fn short_or_long(url: &str, which: &str) -> EngineError {
     }
 }
 
-async fn next_chunk(
+pub(super) async fn next_chunk(
     response: &mut reqwest::Response,
     url: &str,
 ) -> Result<Option<bytes::Bytes>, EngineError> {
@@ -188,7 +188,7 @@ async fn stream_whole(
 /// Tells the scheduler about pieces fetched from the origin. A root's
 /// digests are sent at once and awaited, since children verify against
 /// them; a host that is not the root may not publish digests.
-async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, PieceDigest)>) {
+pub(super) async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, PieceDigest)>) {
     let link = &engine.inner.link;
     if task.lock().is_root {
         let digests = pieces

@@ -89,6 +89,14 @@ struct Inflight {
     done: watch::Receiver<PieceResult>,
 }
 
+/// A piece an origin run has taken on: concurrent askers wait on it like
+/// on any fetch, and whoever ends it sends the result on `done`.
+pub(super) struct Claim {
+    pub n: u32,
+    pub priority: Arc<AtomicU8>,
+    pub done: watch::Sender<PieceResult>,
+}
+
 pub struct LoadedState {
     pub present: Bitmap,
     pub digests: Vec<Option<PieceDigest>>,
@@ -280,6 +288,53 @@ impl Task {
             tx,
         ));
         Some(rx)
+    }
+
+    /// Claims up to `max` consecutive pieces from `first`, stopping before
+    /// `end` and before any piece that is present or being fetched, so one
+    /// origin request can carry them all and nobody fetches them twice.
+    pub(super) fn claim_run(
+        &self,
+        first: u32,
+        end: u32,
+        max: u32,
+        priority: Priority,
+    ) -> Vec<Claim> {
+        let mut state = self.lock();
+        let mut claims = Vec::new();
+        for n in (first..end).take(max as usize) {
+            if state.present.get(n) || state.inflight.contains_key(&n) {
+                break;
+            }
+            let (tx, rx) = watch::channel(None);
+            let priority = Arc::new(AtomicU8::new(priority as u8));
+            state.inflight.insert(
+                n,
+                Inflight {
+                    priority: priority.clone(),
+                    done: rx,
+                },
+            );
+            claims.push(Claim {
+                n,
+                priority,
+                done: tx,
+            });
+        }
+        claims
+    }
+
+    /// Hands a claimed piece that its run could not deliver to an ordinary
+    /// fetch, which retries it on its own with the same waiters.
+    pub(super) fn refetch(self: &Arc<Self>, engine: &Engine, claim: Claim) {
+        tokio::spawn(fetch::run(
+            engine.clone(),
+            self.clone(),
+            claim.n,
+            claim.priority,
+            None,
+            claim.done,
+        ));
     }
 
     /// Waits up to `limit` for piece `n` if a fetch of it is under way,

@@ -8,6 +8,8 @@
 //! - `--ignore-range` answers every GET with the whole file (`200`), like
 //!   an origin that does not support ranges.
 //! - `--rate BYTES` limits each response to about that many bytes a second.
+//! - `--cut-after BYTES` breaks off every response body after that many
+//!   bytes, like an origin or proxy that drops long transfers.
 
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +36,9 @@ struct Args {
     /// Bytes per second per response, 0 for unlimited.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Body bytes after which a response is broken off, 0 for never.
+    #[arg(long, default_value_t = 0)]
+    cut_after: u64,
 }
 
 struct Origin {
@@ -186,6 +191,11 @@ fn body_stream(
         async move {
             if pos >= end {
                 return None;
+            }
+            let cut = origin.args.cut_after;
+            if cut > 0 && pos - start >= cut {
+                let broken = std::io::Error::other("response broken off (--cut-after)");
+                return Some((Err(broken), (None, end)));
             }
             let mut file = match file {
                 Some(f) => f,

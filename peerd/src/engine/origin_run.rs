@@ -1,0 +1,129 @@
+//! Origin runs: one ranged GET for many consecutive pieces.
+//!
+//! A root that wants a whole task fetches it from the origin in runs of
+//! consecutive pieces rather than one request per piece. With a request
+//! per piece, the bytes asked for at any moment are capped at requests ×
+//! piece length. A root's uplink is busy sending pieces to its children,
+//! so its requests and TCP acknowledgements wait in that queue, the round
+//! trip to the origin grows to a hundred milliseconds or more, and the cap
+//! falls below what the link holds in one round trip: the origin's link
+//! idles between responses. A run keeps one flow busy for megabytes, so
+//! the flow's window, not the request count, covers the round trip.
+//!
+//! Each piece of a run is stored, published and handed to its waiters as
+//! soon as its last byte arrives, not when the run ends. A piece the run
+//! cannot deliver (the origin failed or cut the body short) goes back to an
+//! ordinary per-piece fetch, which retries it.
+
+use super::origin_fetch::{next_chunk, publish, short_or_long};
+use super::task::{Claim, Task};
+use super::{Engine, EngineError};
+use crate::origin::Body;
+use api::digest::PieceDigest;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Bytes one run asks for: at 100 Mbit/s about two thirds of a second,
+/// long enough that a request's round trip is a small share of it, short
+/// enough that a reader's urgent piece need not wait behind much.
+pub(super) const RUN_BYTES: u64 = 8 << 20;
+
+/// Fetches the claimed pieces, which must be consecutive, with one
+/// request. Every claim ends: delivered here, or handed to a per-piece
+/// fetch.
+pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
+    let (Some(first), Some(last)) = (claims.first(), claims.last()) else {
+        return;
+    };
+    let range = task.layout.piece_range(first.n).start..task.layout.piece_range(last.n).end;
+    let priority = first.priority.clone();
+    let label = super::fetch::priority_label(priority.load(Ordering::Relaxed));
+    let _slot = engine.inner.slots.acquire(priority.clone()).await;
+    let _permit = task.origin_gate.acquire(priority).await;
+    let mut pending = claims.into_iter().peekable();
+    let result = match engine.inner.origin.get(&task.meta, range.clone()).await {
+        Ok(Body::Range(response)) => {
+            receive(&engine, &task, response, range.start, &mut pending, label).await
+        }
+        // Runs start only once the origin has honoured Range; one that
+        // stopped gets per-piece fetches, which know how to stream it.
+        Ok(Body::Whole(_)) => Err(EngineError::Origin {
+            http_status: 200,
+            message: "origin stopped honouring Range".into(),
+            retryable: true,
+        }),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result
+        && pending.peek().is_some()
+    {
+        tracing::debug!(task = %task.id, "origin run ended early, fetching the rest piece by piece: {e}");
+    }
+    for claim in pending {
+        task.refetch(&engine, claim);
+    }
+}
+
+/// Reads a run's body, ending each claim whose piece is complete.
+async fn receive(
+    engine: &Engine,
+    task: &Arc<Task>,
+    mut response: reqwest::Response,
+    start: u64,
+    pending: &mut std::iter::Peekable<std::vec::IntoIter<Claim>>,
+    label: &'static str,
+) -> Result<(), EngineError> {
+    let url = task.meta.source.as_ref().map_or("", |s| s.url.as_str());
+    let mut buf = Vec::with_capacity(task.layout.piece_length as usize);
+    let mut offset = start;
+    while let Some(chunk) = next_chunk(&mut response, url).await? {
+        engine.inner.limits.download.take(chunk.len()).await;
+        metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => label)
+            .increment(chunk.len() as u64);
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let Some(claim) = pending.peek() else {
+                return Err(short_or_long(url, "more"));
+            };
+            let piece = task.layout.piece_range(claim.n);
+            debug_assert_eq!(piece.start, offset - buf.len() as u64);
+            let take = ((piece.end - offset) as usize).min(rest.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            offset += take as u64;
+            if offset == piece.end {
+                let claim = pending.next().expect("peeked");
+                deliver(engine, task, claim, &buf).await?;
+                buf.clear();
+            }
+        }
+    }
+    if pending.peek().is_some() {
+        return Err(short_or_long(url, "fewer"));
+    }
+    Ok(())
+}
+
+/// Stores and publishes one complete piece and wakes its waiters.
+async fn deliver(
+    engine: &Engine,
+    task: &Task,
+    claim: Claim,
+    bytes: &[u8],
+) -> Result<(), EngineError> {
+    let digest = PieceDigest::of(bytes);
+    let stored = task.store_piece(engine, claim.n, bytes, digest);
+    let result = match stored {
+        Ok(true) => {
+            tracing::trace!(task = %task.id, piece = claim.n, "piece fetched from the origin");
+            metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
+            publish(engine, task, vec![(claim.n, digest)]).await;
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    task.finish_fetch(claim.n);
+    claim.done.send_replace(Some(result.clone()));
+    result
+}
