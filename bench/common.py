@@ -195,7 +195,7 @@ def dffs_mount(bench, peer, name, extra=()):
     mnt = bench.dir / name
     mnt.mkdir(exist_ok=True)
     proc = bench.procs.start(f"dffs-{name}", [str(bench.bins / "dffs"), "mount", str(mnt), "--socket", str(peer.socket),
-                                             "-f", "--metrics-addr", "none", *extra,
+                                             "-f", "--metrics-addr", os.environ.get("DFFS_METRICS_ADDR", "none"), *extra,
                                              *os.environ.get("DFFS_MOUNT_ARGS", "").split()])
     wait_until(f"dffs mount {name}", lambda: mounted(mnt))
     return mnt, proc

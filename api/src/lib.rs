@@ -8,7 +8,9 @@
 //! - [`config`]: `--config FILE` support for every daemon.
 //! - [`uds`]: a gRPC channel over a Unix socket.
 //! - [`telemetry`]: logging and the Prometheus `/metrics` endpoint.
+//! - [`buffers`]: reusable byte buffers for the data path.
 
+pub mod buffers;
 pub mod cli;
 pub mod config;
 pub mod digest;

@@ -153,6 +153,7 @@ impl Peerd {
         let req = DownloadRequest {
             source: None,
             task_id: id.to_string(),
+            in_order: true,
         };
         self.call(started + timeout, |mut c, _| {
             let req = req.clone();

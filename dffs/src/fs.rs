@@ -9,6 +9,7 @@
 use crate::client::Peerd;
 use crate::nodes::{Node, Nodes, ROOT_INO};
 use crate::readahead::Handles;
+use api::buffers::{BufferPool, PooledBuffer};
 use api::proto::Priority;
 use api::task::TaskId;
 use fuser::{
@@ -133,9 +134,13 @@ impl DffsFs {
     }
 }
 
-fn read_at(node: &Node, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+/// Buffers for replies to reads: a fresh megabyte for every read would be
+/// faulted in and zeroed each time, which cost as much as the copy itself.
+static READ_BUFFERS: BufferPool = BufferPool::new();
+
+fn read_at(node: &Node, offset: u64, len: usize) -> std::io::Result<PooledBuffer<'static>> {
     let file = node.content()?;
-    let mut buf = vec![0u8; len];
+    let mut buf = READ_BUFFERS.take(len);
     file.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }
@@ -300,7 +305,9 @@ impl Filesystem for DffsFs {
         }
         let (peerd, timeout) = (self.peerd.clone(), self.settings.timeout);
         self.runtime.spawn(async move {
+            tracing::trace!(task = %node.id, offset, len, "read miss: asking peerd");
             let result = peerd.ensure(node.id, offset, len, Priority::Read, timeout).await;
+            tracing::trace!(task = %node.id, offset, ms = started.elapsed().as_millis() as u64, "read miss answered");
             match result {
                 Ok(response) => {
                     node.set_content_path(&response.content_path);

@@ -1,6 +1,6 @@
 //! The Peer gRPC service on peerd's Unix socket, used by dfget and dffs.
 
-use crate::engine::{Engine, EngineError, Task};
+use crate::engine::{Engine, EngineError, Order, Task};
 use api::piece::Bitmap;
 use api::proto::peer_server::Peer;
 use api::proto::*;
@@ -71,7 +71,12 @@ impl Peer for LocalApi {
         }
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
-        tokio::spawn(async move { report_progress(engine, task, tx).await });
+        let order = if req.in_order {
+            Order::InOrder
+        } else {
+            Order::Spread
+        };
+        tokio::spawn(async move { report_progress(engine, task, order, tx).await });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -135,12 +140,13 @@ impl Peer for LocalApi {
 async fn report_progress(
     engine: Engine,
     task: Arc<Task>,
+    order: Order,
     tx: mpsc::Sender<Result<DownloadProgress, Status>>,
 ) {
     let download = {
         let engine = engine.clone();
         let task = task.clone();
-        tokio::spawn(async move { engine.download_all(&task).await })
+        tokio::spawn(async move { engine.download_all(&task, order).await })
     };
     let mut progress = task.subscribe();
     let mut sent = Bitmap::new(task.layout.piece_count());

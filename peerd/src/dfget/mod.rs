@@ -114,6 +114,7 @@ async fn download(
             application: args.application.clone(),
         }),
         task_id: String::new(),
+        in_order: false,
     };
     let mut stream = client
         .download(request)

@@ -33,6 +33,23 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
+/// Pieces an in-order download treats as one step: within a step, order
+/// is random, so hosts reading in step still fetch different pieces and
+/// trade them.
+const IN_ORDER_REGION: u32 = 64;
+
+/// Which of the pieces equally rare in the swarm go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// At random, so hosts that start together fetch different pieces and
+    /// can trade them (dfget, a seed).
+    Spread,
+    /// Earliest first, for a reader that follows the download: a read-ahead
+    /// window, or a whole-task fetch started for a sequential reader. At
+    /// random, most pieces a reader reached would still be missing.
+    InOrder,
+}
+
 /// How a download ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -49,6 +66,7 @@ pub(super) async fn download(
     task: &Arc<Task>,
     wanted: Range<u32>,
     priority: Priority,
+    order: Order,
 ) -> Result<Outcome, EngineError> {
     let window = engine.inner.settings.bulk_window.max(1);
     let cap = engine.inner.settings.requests_per_parent;
@@ -74,7 +92,7 @@ pub(super) async fn download(
             root_starts(engine, task, &wanted, &mut chosen, waiting.len(), priority)
         } else {
             let room = window.saturating_sub(waiting.len());
-            plan(task, &wanted, &mut chosen, cap, room)
+            plan(task, &wanted, &mut chosen, cap, room, order)
                 .into_iter()
                 .filter_map(|(n, via)| task.start_fetch_via(engine, n, priority, via))
                 .collect()
@@ -192,6 +210,7 @@ fn plan(
     chosen: &mut Bitmap,
     cap: u32,
     room: usize,
+    order: Order,
 ) -> Vec<(u32, ParentView)> {
     let mut state = task.lock();
     let now = Instant::now();
@@ -215,8 +234,14 @@ fn plan(
         }
     }
     let mut rng = rand::rng();
-    let mut ranked: Vec<(u32, u32, u32)> = missing(&state, wanted, chosen)
-        .map(|n| (holders[n as usize], rng.random(), n))
+    let mut ranked: Vec<(u32, u32, u32, u32)> = missing(&state, wanted, chosen)
+        .map(|n| {
+            let region = match order {
+                Order::Spread => 0,
+                Order::InOrder => n / IN_ORDER_REGION,
+            };
+            (holders[n as usize], region, rng.random::<u32>(), n)
+        })
         .collect();
     if ranked.is_empty() {
         return Vec::new();
@@ -260,21 +285,82 @@ fn load(state: &State, parent: &ParentView) -> u32 {
 /// The piece to ask `parent` for, from `ranked` (rarest first): the rarest
 /// it holds; from the root, only pieces no plain parent holds, one it
 /// holds before one it must fetch from the origin.
-fn best_piece(ranked: &[(u32, u32, u32)], parent: &ParentView, chosen: &Bitmap) -> Option<u32> {
-    let open = ranked.iter().filter(|c| !chosen.get(c.2));
+fn best_piece(
+    ranked: &[(u32, u32, u32, u32)],
+    parent: &ParentView,
+    chosen: &Bitmap,
+) -> Option<u32> {
+    let open = ranked.iter().filter(|c| !chosen.get(c.3));
     if !parent.is_root {
-        return open.map(|c| c.2).find(|&n| parent.bitmap.get(n));
+        return open.map(|c| c.3).find(|&n| parent.bitmap.get(n));
     }
     // Of the pieces the root must fetch, the lowest: a root fetches in
     // piece order, so that one is on its way already, and askers who meet
     // there are spread by the root's fan-out rather than each costing it a
     // separate origin request.
     let mut must_fetch: Option<u32> = None;
-    for &(_, _, n) in open.take_while(|c| c.0 == 0) {
+    for &(_, _, _, n) in open.take_while(|c| c.0 == 0) {
         if parent.bitmap.get(n) {
             return Some(n);
         }
         must_fetch = Some(must_fetch.map_or(n, |m| m.min(n)));
     }
     must_fetch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+    use api::piece::Layout;
+    use api::proto::TaskMeta;
+
+    /// A task of `pieces` pieces, none present, with one plain parent
+    /// holding all of them.
+    fn task_with_a_full_parent(dir: &std::path::Path, pieces: u32) -> Arc<Task> {
+        let layout = Layout::new(u64::from(pieces) << 18, 1 << 18).expect("valid layout");
+        let id = "ab".repeat(32).parse().expect("valid id");
+        let meta = TaskMeta::default();
+        let file = Store::open(dir)
+            .expect("store")
+            .create(id, &meta, layout)
+            .expect("task file");
+        let task = Task::new(id, meta, layout, file, None);
+        let mut bitmap = Bitmap::new(pieces);
+        for n in 0..pieces {
+            bitmap.set(n);
+        }
+        task.lock().parents.push(ParentView {
+            host_id: "parent".into(),
+            addr: "127.0.0.1:1".into(),
+            is_root: false,
+            bitmap,
+        });
+        task
+    }
+
+    fn first_planned(order: Order) -> Vec<u32> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let task = task_with_a_full_parent(dir.path(), 1024);
+        let mut chosen = Bitmap::new(1024);
+        let planned = plan(&task, &(0..1024), &mut chosen, 32, 32, order);
+        planned.into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn in_order_plans_the_earliest_pieces_first_but_spread_does_not() {
+        let in_order = first_planned(Order::InOrder);
+        assert_eq!(in_order.len(), 32);
+        assert!(
+            in_order.iter().all(|&n| n < IN_ORDER_REGION),
+            "an in-order download planned pieces past its first region: {in_order:?}"
+        );
+        // 32 picks at random from 1024 all land in the first 64 with
+        // probability about 1e-39.
+        let spread = first_planned(Order::Spread);
+        assert!(
+            spread.iter().any(|&n| n >= IN_ORDER_REGION),
+            "a spread download planned only the first pieces: {spread:?}"
+        );
+    }
 }

@@ -2,7 +2,6 @@
 //! fetched, verified and stored. dfget, dffs, the seed and preheat all call
 //! it; none has a download path of its own.
 
-mod buffers;
 mod bulk;
 mod error;
 mod fanout;
@@ -15,6 +14,7 @@ mod serve;
 pub mod slots;
 pub mod task;
 
+pub use bulk::Order;
 pub use error::EngineError;
 use link::SchedulerLink;
 pub use task::Task;
@@ -53,7 +53,7 @@ pub struct Inner {
     pub peers: PeerClient,
     pub origin: Origin,
     pub slots: Arc<slots::Slots>,
-    pub buffers: buffers::BufferPool,
+    pub buffers: api::buffers::BufferPool,
     pub limits: HostLimits,
     pub settings: Settings,
     /// Seed mode: roots new tasks and answers children about tasks it has
@@ -112,7 +112,7 @@ impl Engine {
                 peers: parts.peers,
                 origin: parts.origin,
                 slots: slots::Slots::new(parts.download_slots),
-                buffers: buffers::BufferPool::default(),
+                buffers: api::buffers::BufferPool::new(),
                 limits: parts.limits,
                 settings: parts.settings,
                 seed: parts.seed,
@@ -368,10 +368,11 @@ impl Engine {
     }
 
     /// Fetches every missing piece of the task (see `bulk` for the order).
-    pub async fn download_all(&self, task: &Arc<Task>) -> Result<(), EngineError> {
+    pub async fn download_all(&self, task: &Arc<Task>, order: Order) -> Result<(), EngineError> {
         task.touch();
         let _running = WholeDownload::start(task);
-        bulk::download(self, task, 0..task.layout.piece_count(), Priority::Bulk).await?;
+        let all = 0..task.layout.piece_count();
+        bulk::download(self, task, all, Priority::Bulk, order).await?;
         Ok(())
     }
 
@@ -422,7 +423,14 @@ impl Engine {
                 }
                 let _ = tokio::time::timeout(WHOLE_DOWNLOAD_CHECK, progress.changed()).await;
             }
-            let outcome = bulk::download(self, task, pieces.clone(), Priority::Prefetch).await?;
+            let outcome = bulk::download(
+                self,
+                task,
+                pieces.clone(),
+                Priority::Prefetch,
+                Order::InOrder,
+            )
+            .await?;
             if outcome == bulk::Outcome::Done {
                 return Ok(());
             }
@@ -451,7 +459,7 @@ impl Engine {
         if command.whole && !task.is_complete() {
             let engine = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = engine.download_all(&task).await {
+                if let Err(e) = engine.download_all(&task, Order::Spread).await {
                     tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
                 }
             });

@@ -302,12 +302,14 @@ impl Task {
     ) -> Vec<Claim> {
         let mut state = self.lock();
         let mut claims = Vec::new();
+        // One level for the whole run: a reader that comes to need any of
+        // its pieces raises the run's place in the origin queue.
+        let priority = Arc::new(AtomicU8::new(priority as u8));
         for n in (first..end).take(max as usize) {
             if state.present.get(n) || state.inflight.contains_key(&n) {
                 break;
             }
             let (tx, rx) = watch::channel(None);
-            let priority = Arc::new(AtomicU8::new(priority as u8));
             state.inflight.insert(
                 n,
                 Inflight {
@@ -317,7 +319,7 @@ impl Task {
             );
             claims.push(Claim {
                 n,
-                priority,
+                priority: priority.clone(),
                 done: tx,
             });
         }

@@ -1,13 +1,16 @@
-//! Reusable piece buffers.
+//! Reusable byte buffers.
 //!
-//! Every piece from a peer is received into memory, verified, then written
-//! to the cache. Reusing a few buffers keeps that memory warm instead of
-//! allocating (and faulting in) a fresh megabyte for every piece.
+//! peerd receives every piece from a peer into memory, verifies it, then
+//! writes it to the cache; dffs reads every cached range into memory to
+//! reply to the kernel. Reusing a few buffers keeps that memory warm
+//! instead of allocating (and faulting in, and zeroing) a fresh megabyte
+//! for every piece or read.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
-/// Buffers kept for reuse; more than the host's download slots is waste.
+/// Buffers kept for reuse; more than the transfers or reads in flight at
+/// once is waste.
 const MAX_IDLE: usize = 64;
 
 #[derive(Default)]
@@ -16,6 +19,13 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
+    /// An empty pool, usable as a `static`.
+    pub const fn new() -> Self {
+        BufferPool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
     /// A buffer of exactly `len` bytes (contents unspecified).
     pub fn take(&self, len: usize) -> PooledBuffer<'_> {
         let mut buf = self
