@@ -339,6 +339,31 @@ mod tests {
         task
     }
 
+    #[test]
+    fn the_root_is_asked_for_its_lowest_missing_piece_unless_it_holds_one_nobody_else_does() {
+        let root = |held: &[u32]| {
+            let mut bitmap = Bitmap::new(16);
+            for &n in held {
+                bitmap.set(n);
+            }
+            ParentView {
+                host_id: "root".into(),
+                addr: "127.0.0.1:1".into(),
+                is_root: true,
+                bitmap,
+            }
+        };
+        // (holders, region, random, piece), sorted as `plan` sorts them:
+        // pieces 9, 4 and 12 are held by no plain parent, 2 by one.
+        let ranked = [(0, 0, 5, 9), (0, 0, 7, 4), (0, 0, 9, 12), (1, 0, 1, 2)];
+        let chosen = Bitmap::new(16);
+        assert_eq!(best_piece(&ranked, &root(&[]), &chosen), Some(4));
+        assert_eq!(best_piece(&ranked, &root(&[12]), &chosen), Some(12));
+        let mut taken = Bitmap::new(16);
+        taken.set(4);
+        assert_eq!(best_piece(&ranked, &root(&[]), &taken), Some(9));
+    }
+
     fn first_planned(order: Order) -> Vec<u32> {
         let dir = tempfile::tempdir().expect("temp dir");
         let task = task_with_a_full_parent(dir.path(), 1024);
