@@ -302,13 +302,13 @@ async fn from_parent(
     metrics::gauge!("dffs_transfers_in_flight").increment(1.0);
     let source = transfer(engine, task, n, parent, request, &mut buf, counted).await;
     metrics::gauge!("dffs_transfers_in_flight").decrement(1.0);
-    let source = source?;
+    let (source, received) = source?;
     let elapsed = started.elapsed();
     let digest = match task.digest(n) {
         Some(d) => d,
         None => wait_for_digest(engine, task, n).await?,
     };
-    if PieceDigest::of(&buf) != digest {
+    if received != digest {
         tracing::warn!(task = %task.id, piece = n, parent = %source.addr, "parent sent a corrupt piece; isolating it");
         metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
         block_parent(task, &source.host_id, BLOCK_AFTER_CORRUPT);
@@ -346,7 +346,7 @@ async fn from_parent(
 }
 
 /// Receives piece `n` into `buf` from `parent`, following one redirect
-/// (see `fanout`). Returns the host the bytes came from.
+/// (see `fanout`). Returns the host the bytes came from and their digest.
 async fn transfer(
     engine: &Engine,
     task: &Task,
@@ -355,10 +355,10 @@ async fn transfer(
     request: PieceRequest,
     buf: &mut [u8],
     counted: &mut Counted<'_>,
-) -> Result<ParentView, EngineError> {
+) -> Result<(ParentView, PieceDigest), EngineError> {
     let peers = &engine.inner.peers;
     let redirect_to = match peers.fetch(&parent.addr, request, buf).await {
-        Ok(()) => return Ok(parent.clone()),
+        Ok(digest) => return Ok((parent.clone(), digest)),
         Err(FetchError::Refused {
             status: Status::Redirect,
             reason,
@@ -386,9 +386,9 @@ async fn transfer(
             ..request
         };
         match peers.fetch(&holder.addr, wait, buf).await {
-            Ok(()) => {
+            Ok(digest) => {
                 metrics::counter!("dffs_redirects_followed_total", "result" => "ok").increment(1);
-                return Ok(holder);
+                return Ok((holder, digest));
             }
             Err(e) => {
                 tracing::debug!(task = %task.id, piece = n, "redirect to {} failed: {e}", holder.addr);
@@ -403,7 +403,7 @@ async fn transfer(
         ..request
     };
     match peers.fetch(&parent.addr, direct, buf).await {
-        Ok(()) => Ok(parent.clone()),
+        Ok(digest) => Ok((parent.clone(), digest)),
         Err(e) => Err(parent_failed(engine, task, n, parent, e)),
     }
 }
