@@ -26,9 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How often the parents' bitmaps are refreshed while downloading: at
-/// 100 Mbit/s about one piece arrives somewhere in that time.
-const REFRESH_EVERY: Duration = Duration::from_millis(100);
+/// How often a download asks for fresh parent bitmaps. `fetch` skips a
+/// refresh younger than its own 100 ms minimum, so this only decides how
+/// soon after that minimum the next one goes out: at 100 ms, bitmaps were
+/// up to 200 ms old, and hosts learned late what their parents had.
+const REFRESH_EVERY: Duration = Duration::from_millis(50);
 /// How long to wait for news (a finished piece, fresh parents) when no
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
