@@ -155,19 +155,18 @@ fn root_starts(
     priority: Priority,
 ) -> Vec<watch::Receiver<PieceResult>> {
     let mut started = Vec::new();
-    let ranged = task.lock().origin == OriginMode::Ranged;
-    let run = if ranged {
-        (origin_run::RUN_BYTES / task.layout.piece_length).max(1) as usize
-    } else if in_flight == 0 {
-        1
-    } else {
+    if task.lock().origin != OriginMode::Ranged {
+        if in_flight == 0 {
+            let first = missing(&task.lock(), wanted, chosen).next();
+            if let Some(n) = first {
+                chosen.set(n);
+                started.extend(task.start_fetches(engine, [n], priority));
+            }
+        }
         return started;
-    };
-    let mut room = if ranged {
-        (ROOT_RUNS * run).saturating_sub(in_flight)
-    } else {
-        1
-    };
+    }
+    let run = (origin_run::RUN_BYTES / task.layout.piece_length).max(1) as usize;
+    let mut room = (ROOT_RUNS * run).saturating_sub(in_flight);
     while room > 0 {
         let (next, left) = {
             let state = task.lock();
@@ -179,12 +178,9 @@ fn root_starts(
         if room < run && left > room {
             break;
         }
-        let claims = if ranged {
-            task.claim_run(n, wanted.end, room.min(run) as u32, priority)
-        } else {
-            Vec::new()
-        };
+        let claims = task.claim_run(n, wanted.end, room.min(run) as u32, priority);
         if claims.is_empty() {
+            // Present or being fetched already: wait on that.
             chosen.set(n);
             room -= 1;
             started.extend(task.start_fetches(engine, [n], priority));
@@ -204,8 +200,8 @@ fn root_starts(
 /// in the parent's load at once.
 ///
 /// This runs every time a piece lands, in every download on the host, so
-/// the missing pieces are ranked once per call (rarest first, ties at
-/// random) and each parent takes the first it can serve.
+/// the missing pieces are ranked once per call (see `Candidate`) and each
+/// parent takes the first it can serve.
 fn plan(
     task: &Task,
     wanted: &Range<u32>,
@@ -236,13 +232,15 @@ fn plan(
         }
     }
     let mut rng = rand::rng();
-    let mut ranked: Vec<(u32, u32, u32, u32)> = missing(&state, wanted, chosen)
-        .map(|n| {
-            let region = match order {
+    let mut ranked: Vec<Candidate> = missing(&state, wanted, chosen)
+        .map(|n| Candidate {
+            holders: holders[n as usize],
+            region: match order {
                 Order::Spread => 0,
                 Order::InOrder => n / IN_ORDER_REGION,
-            };
-            (holders[n as usize], region, rng.random::<u32>(), n)
+            },
+            tie: rng.random(),
+            n,
         })
         .collect();
     if ranked.is_empty() {
@@ -280,6 +278,18 @@ fn plan(
     plans
 }
 
+/// A missing piece as `plan` ranks it: the fields compare in order, so
+/// sorting puts the rarest first, then (for an in-order download) the
+/// earliest region, then a random pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    /// Usable plain parents holding it.
+    holders: u32,
+    region: u32,
+    tie: u32,
+    n: u32,
+}
+
 fn load(state: &State, parent: &ParentView) -> u32 {
     state.load.get(&parent.host_id).copied().unwrap_or(0)
 }
@@ -287,25 +297,21 @@ fn load(state: &State, parent: &ParentView) -> u32 {
 /// The piece to ask `parent` for, from `ranked` (rarest first): the rarest
 /// it holds; from the root, only pieces no plain parent holds, one it
 /// holds before one it must fetch from the origin.
-fn best_piece(
-    ranked: &[(u32, u32, u32, u32)],
-    parent: &ParentView,
-    chosen: &Bitmap,
-) -> Option<u32> {
-    let open = ranked.iter().filter(|c| !chosen.get(c.3));
+fn best_piece(ranked: &[Candidate], parent: &ParentView, chosen: &Bitmap) -> Option<u32> {
+    let open = ranked.iter().filter(|c| !chosen.get(c.n));
     if !parent.is_root {
-        return open.map(|c| c.3).find(|&n| parent.bitmap.get(n));
+        return open.map(|c| c.n).find(|&n| parent.bitmap.get(n));
     }
     // Of the pieces the root must fetch, the lowest: a root fetches in
     // piece order, so that one is on its way already, and askers who meet
     // there are spread by the root's fan-out rather than each costing it a
     // separate origin request.
-    let mut must_fetch: Option<u32> = None;
-    for &(_, _, _, n) in open.take_while(|c| c.0 == 0) {
+    let mut must_fetch = None;
+    for n in open.take_while(|c| c.holders == 0).map(|c| c.n) {
         if parent.bitmap.get(n) {
             return Some(n);
         }
-        must_fetch = Some(must_fetch.map_or(n, |m| m.min(n)));
+        must_fetch = Some(must_fetch.map_or(n, |m: u32| m.min(n)));
     }
     must_fetch
 }
@@ -355,9 +361,20 @@ mod tests {
                 bitmap,
             }
         };
-        // (holders, region, random, piece), sorted as `plan` sorts them:
-        // pieces 9, 4 and 12 are held by no plain parent, 2 by one.
-        let ranked = [(0, 0, 5, 9), (0, 0, 7, 4), (0, 0, 9, 12), (1, 0, 1, 2)];
+        // Sorted as `plan` sorts them: pieces 9, 4 and 12 are held by no
+        // plain parent, 2 by one.
+        let candidate = |holders, tie, n| Candidate {
+            holders,
+            region: 0,
+            tie,
+            n,
+        };
+        let ranked = [
+            candidate(0, 5, 9),
+            candidate(0, 7, 4),
+            candidate(0, 9, 12),
+            candidate(1, 1, 2),
+        ];
         let chosen = Bitmap::new(16);
         assert_eq!(best_piece(&ranked, &root(&[]), &chosen), Some(4));
         assert_eq!(best_piece(&ranked, &root(&[12]), &chosen), Some(12));

@@ -5,7 +5,9 @@ use super::task::{OriginMode, Task};
 use super::{Engine, EngineError};
 use crate::origin::Body;
 use api::digest::PieceDigest;
+use api::piece::Layout;
 use api::proto;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -47,12 +49,9 @@ pub(super) async fn fetch(
                 // The next origin request need not wait for the scheduler
                 // to take this piece's digest.
                 drop(permit);
-                let digest = PieceDigest::of(&bytes);
-                tracing::trace!(task = %task.id, piece = n, ms = started.elapsed().as_millis() as u64, "piece fetched from the origin");
-                if task.store_piece(engine, n, &bytes, digest)? {
+                if keep(engine, task, n, &bytes).await? {
                     metrics::histogram!("dffs_piece_seconds", "source" => "origin")
                         .record(started.elapsed().as_secs_f64());
-                    publish(engine, task, vec![(n, digest)]).await;
                 }
                 return Ok(());
             }
@@ -98,10 +97,7 @@ async fn read_exact(
 ) -> Result<Vec<u8>, EngineError> {
     let url = meta.source.as_ref().map_or("", |s| s.url.as_str());
     let mut bytes = Vec::with_capacity(len as usize);
-    while let Some(chunk) = next_chunk(&mut response, url).await? {
-        engine.inner.limits.download.take(chunk.len()).await;
-        metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => priority)
-            .increment(chunk.len() as u64);
+    while let Some(chunk) = next_counted_chunk(engine, &mut response, url, priority).await? {
         if bytes.len() + chunk.len() > len as usize {
             return Err(short_or_long(url, "more"));
         }
@@ -110,7 +106,6 @@ async fn read_exact(
     if bytes.len() as u64 != len {
         return Err(short_or_long(url, "fewer"));
     }
-    metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
     Ok(bytes)
 }
 
@@ -122,7 +117,7 @@ pub(super) fn short_or_long(url: &str, which: &str) -> EngineError {
     }
 }
 
-pub(super) async fn next_chunk(
+async fn next_chunk(
     response: &mut reqwest::Response,
     url: &str,
 ) -> Result<Option<bytes::Bytes>, EngineError> {
@@ -143,52 +138,115 @@ async fn stream_whole(
     mut response: reqwest::Response,
     priority: &'static str,
 ) -> Result<(), EngineError> {
-    let url = task
-        .meta
-        .source
-        .as_ref()
-        .map_or("", |s| s.url.as_str())
-        .to_string();
-    let layout = task.layout;
-    let mut piece = 0u32;
-    let mut buf = Vec::with_capacity(layout.piece_len(0) as usize);
-    let mut total = 0u64;
-    while let Some(chunk) = next_chunk(&mut response, &url).await? {
+    let url = task.meta.source.as_ref().map_or("", |s| s.url.as_str());
+    let mut cutter = PieceCutter::new(task.layout, 0..task.layout.piece_count());
+    while let Some(chunk) = next_counted_chunk(engine, &mut response, url, priority).await? {
+        let mut rest = &chunk[..];
+        while let Some(n) = cutter
+            .fill(&mut rest)
+            .ok_or_else(|| short_or_long(url, "more"))?
+        {
+            keep(engine, task, n, cutter.piece()).await?;
+        }
+    }
+    cutter.check_done(url)
+}
+
+/// Cuts an origin body that starts at a piece's first byte into whole
+/// pieces, so each can be stored as soon as its last byte arrives.
+pub(super) struct PieceCutter {
+    layout: Layout,
+    next: u32,
+    end: u32,
+    buf: Vec<u8>,
+}
+
+impl PieceCutter {
+    pub(super) fn new(layout: Layout, pieces: Range<u32>) -> Self {
+        PieceCutter {
+            layout,
+            next: pieces.start,
+            end: pieces.end,
+            buf: Vec::with_capacity(layout.piece_length as usize),
+        }
+    }
+
+    /// Moves bytes from the front of `rest` into the current piece. Returns
+    /// `Some(Some(n))` when piece `n` is complete (its bytes are in
+    /// `piece()` until the next call), `Some(None)` when `rest` ran out
+    /// first, and None when `rest` holds bytes past the last piece.
+    pub(super) fn fill(&mut self, rest: &mut &[u8]) -> Option<Option<u32>> {
+        if self.next < self.end && self.buf.len() as u64 == self.layout.piece_len(self.next) {
+            self.buf.clear();
+            self.next += 1;
+        }
+        if rest.is_empty() {
+            return Some(None);
+        }
+        if self.next >= self.end {
+            return None;
+        }
+        let want = self.layout.piece_len(self.next) as usize - self.buf.len();
+        let (take, left) = rest.split_at(want.min(rest.len()));
+        self.buf.extend_from_slice(take);
+        *rest = left;
+        Some((take.len() == want).then_some(self.next))
+    }
+
+    pub(super) fn piece(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Errors unless every piece was completed (a piece counts once the
+    /// `fill` after it has run, which the loops over a body always do).
+    pub(super) fn check_done(&self, url: &str) -> Result<(), EngineError> {
+        if self.next >= self.end {
+            Ok(())
+        } else {
+            Err(short_or_long(url, "fewer"))
+        }
+    }
+}
+
+/// The next chunk of an origin body, after the host's download limit and
+/// counted in the metrics.
+pub(super) async fn next_counted_chunk(
+    engine: &Engine,
+    response: &mut reqwest::Response,
+    url: &str,
+    priority: &'static str,
+) -> Result<Option<bytes::Bytes>, EngineError> {
+    let chunk = next_chunk(response, url).await?;
+    if let Some(chunk) = &chunk {
         engine.inner.limits.download.take(chunk.len()).await;
         metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => priority)
             .increment(chunk.len() as u64);
-        total += chunk.len() as u64;
-        if total > layout.content_length {
-            return Err(short_or_long(&url, "more"));
-        }
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let want = layout.piece_len(piece) as usize - buf.len();
-            let take = want.min(rest.len());
-            buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if buf.len() == layout.piece_len(piece) as usize {
-                let digest = PieceDigest::of(&buf);
-                if task.store_piece(engine, piece, &buf, digest)? {
-                    metrics::counter!("dffs_download_pieces_total", "source" => "origin")
-                        .increment(1);
-                    publish(engine, task, vec![(piece, digest)]).await;
-                }
-                buf.clear();
-                piece += 1;
-            }
-        }
     }
-    if total != layout.content_length {
-        return Err(short_or_long(&url, "fewer"));
+    Ok(chunk)
+}
+
+/// Stores a piece fetched from the origin and tells the scheduler. Returns
+/// false when the piece was already present (a concurrent fetch won).
+pub(super) async fn keep(
+    engine: &Engine,
+    task: &Task,
+    n: u32,
+    bytes: &[u8],
+) -> Result<bool, EngineError> {
+    let digest = PieceDigest::of(bytes);
+    if !task.store_piece(engine, n, bytes, digest)? {
+        return Ok(false);
     }
-    Ok(())
+    tracing::trace!(task = %task.id, piece = n, "piece fetched from the origin");
+    metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
+    publish(engine, task, vec![(n, digest)]).await;
+    Ok(true)
 }
 
 /// Tells the scheduler about pieces fetched from the origin. A root's
 /// digests are sent at once and awaited, since children verify against
 /// them; a host that is not the root may not publish digests.
-pub(super) async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, PieceDigest)>) {
+async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, PieceDigest)>) {
     let link = &engine.inner.link;
     if task.lock().is_root {
         let digests = pieces
@@ -205,5 +263,59 @@ pub(super) async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, Piec
         for (n, _) in pieces {
             link.report_piece_later(task.id, n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIECE: u64 = 256 << 10;
+
+    /// Feeds `body` in `chunk`-byte chunks; returns the pieces cut, whether
+    /// the body ran past the last piece, and whether all pieces came.
+    fn cut(pieces: Range<u32>, body: &[u8], chunk: usize) -> (Vec<(u32, Vec<u8>)>, bool, bool) {
+        let layout = Layout::new(2 * PIECE + 5, PIECE).expect("layout");
+        let mut cutter = PieceCutter::new(layout, pieces);
+        let mut out = Vec::new();
+        for part in body.chunks(chunk) {
+            let mut rest = part;
+            loop {
+                match cutter.fill(&mut rest) {
+                    Some(Some(n)) => out.push((n, cutter.piece().to_vec())),
+                    Some(None) => break,
+                    None => return (out, true, false),
+                }
+            }
+        }
+        (out, false, cutter.check_done("u").is_ok())
+    }
+
+    #[test]
+    fn a_body_is_cut_at_piece_boundaries_whatever_its_chunks() {
+        let body: Vec<u8> = (0..2 * PIECE + 5).map(|i| (i % 251) as u8).collect();
+        for chunk in [1000, 65536, 300_000, body.len()] {
+            let (pieces, overrun, complete) = cut(0..3, &body, chunk);
+            assert!(!overrun && complete, "chunk {chunk}");
+            let sizes: Vec<usize> = pieces.iter().map(|(_, b)| b.len()).collect();
+            assert_eq!(sizes, [PIECE as usize, PIECE as usize, 5], "chunk {chunk}");
+            let joined: Vec<u8> = pieces.iter().flat_map(|(_, b)| b.clone()).collect();
+            assert_eq!(joined, body);
+            assert_eq!(pieces.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1, 2]);
+        }
+        // A run that starts at piece 1.
+        let (pieces, overrun, complete) = cut(1..3, &body[PIECE as usize..], 4096);
+        assert!(!overrun && complete);
+        assert_eq!(pieces.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_body_too_long_or_too_short_is_caught() {
+        let long = vec![7u8; (2 * PIECE + 6) as usize];
+        let (_, overrun, _) = cut(0..3, &long, 65536);
+        assert!(overrun, "a byte past the last piece went unnoticed");
+        let short = vec![7u8; (2 * PIECE) as usize];
+        let (pieces, overrun, complete) = cut(0..3, &short, 65536);
+        assert_eq!((pieces.len(), overrun, complete), (2, false, false));
     }
 }

@@ -15,13 +15,14 @@
 //! cannot deliver (the origin failed or cut the body short) goes back to an
 //! ordinary per-piece fetch, which retries it.
 
-use super::origin_fetch::{next_chunk, publish, short_or_long};
+use super::origin_fetch::{PieceCutter, keep, next_counted_chunk, short_or_long};
 use super::task::{Claim, Task};
 use super::{Engine, EngineError};
 use crate::origin::Body;
-use api::digest::PieceDigest;
+use std::iter::Peekable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::vec::IntoIter;
 
 /// Bytes one run asks for: at 100 Mbit/s about two thirds of a second,
 /// long enough that a request's round trip is a small share of it, short
@@ -42,9 +43,7 @@ pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
     let _permit = task.origin_gate.acquire(priority).await;
     let mut pending = claims.into_iter().peekable();
     let result = match engine.inner.origin.get(&task.meta, range.clone()).await {
-        Ok(Body::Range(response)) => {
-            receive(&engine, &task, response, range.start, &mut pending, label).await
-        }
+        Ok(Body::Range(response)) => receive(&engine, &task, response, &mut pending, label).await,
         // Runs start only once the origin has honoured Range; one that
         // stopped gets per-piece fetches, which know how to stream it.
         Ok(Body::Whole(_)) => Err(EngineError::Origin {
@@ -64,66 +63,32 @@ pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
     }
 }
 
-/// Reads a run's body, ending each claim whose piece is complete.
+/// Reads a run's body, ending each claim as its piece completes.
 async fn receive(
     engine: &Engine,
     task: &Arc<Task>,
     mut response: reqwest::Response,
-    start: u64,
-    pending: &mut std::iter::Peekable<std::vec::IntoIter<Claim>>,
+    pending: &mut Peekable<IntoIter<Claim>>,
     label: &'static str,
 ) -> Result<(), EngineError> {
     let url = task.meta.source.as_ref().map_or("", |s| s.url.as_str());
-    let mut buf = Vec::with_capacity(task.layout.piece_length as usize);
-    let mut offset = start;
-    while let Some(chunk) = next_chunk(&mut response, url).await? {
-        engine.inner.limits.download.take(chunk.len()).await;
-        metrics::counter!("dffs_download_bytes_total", "source" => "origin", "priority" => label)
-            .increment(chunk.len() as u64);
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let Some(claim) = pending.peek() else {
-                return Err(short_or_long(url, "more"));
-            };
-            let piece = task.layout.piece_range(claim.n);
-            debug_assert_eq!(piece.start, offset - buf.len() as u64);
-            let take = ((piece.end - offset) as usize).min(rest.len());
-            buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            offset += take as u64;
-            if offset == piece.end {
-                let claim = pending.next().expect("peeked");
-                deliver(engine, task, claim, &buf).await?;
-                buf.clear();
-            }
-        }
-    }
-    if pending.peek().is_some() {
-        return Err(short_or_long(url, "fewer"));
-    }
-    Ok(())
-}
-
-/// Stores and publishes one complete piece and wakes its waiters.
-async fn deliver(
-    engine: &Engine,
-    task: &Task,
-    claim: Claim,
-    bytes: &[u8],
-) -> Result<(), EngineError> {
-    let digest = PieceDigest::of(bytes);
-    let stored = task.store_piece(engine, claim.n, bytes, digest);
-    let result = match stored {
-        Ok(true) => {
-            tracing::trace!(task = %task.id, piece = claim.n, "piece fetched from the origin");
-            metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
-            publish(engine, task, vec![(claim.n, digest)]).await;
-            Ok(())
-        }
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
+    let Some(first) = pending.peek().map(|c| c.n) else {
+        return Ok(());
     };
-    task.finish_fetch(claim.n);
-    claim.done.send_replace(Some(result.clone()));
-    result
+    let mut cutter = PieceCutter::new(task.layout, first..first + pending.len() as u32);
+    while let Some(chunk) = next_counted_chunk(engine, &mut response, url, label).await? {
+        let mut rest = &chunk[..];
+        while let Some(n) = cutter
+            .fill(&mut rest)
+            .ok_or_else(|| short_or_long(url, "more"))?
+        {
+            let claim = pending.next().expect("a claim for every piece of the run");
+            debug_assert_eq!(claim.n, n);
+            let result = keep(engine, task, n, cutter.piece()).await.map(drop);
+            task.finish_fetch(n);
+            claim.done.send_replace(Some(result.clone()));
+            result?;
+        }
+    }
+    cutter.check_done(url)
 }

@@ -82,6 +82,17 @@ impl State {
     pub fn has_fetches(&self) -> bool {
         !self.inflight.is_empty()
     }
+
+    /// Records piece `n` as being fetched; whoever holds the claim ends it.
+    fn claim(&mut self, n: u32, priority: Arc<AtomicU8>) -> Claim {
+        let (done, rx) = watch::channel(None);
+        let inflight = Inflight {
+            priority: priority.clone(),
+            done: rx,
+        };
+        self.inflight.insert(n, inflight);
+        Claim { n, priority, done }
+    }
 }
 
 struct Inflight {
@@ -89,8 +100,9 @@ struct Inflight {
     done: watch::Receiver<PieceResult>,
 }
 
-/// A piece an origin run has taken on: concurrent askers wait on it like
-/// on any fetch, and whoever ends it sends the result on `done`.
+/// A piece being fetched (by an ordinary fetch, or an origin run):
+/// concurrent askers wait on it, and whoever ends it sends the result on
+/// `done`.
 pub(super) struct Claim {
     pub n: u32,
     pub priority: Arc<AtomicU8>,
@@ -270,24 +282,17 @@ impl Task {
             inflight.priority.fetch_max(level, Ordering::Relaxed);
             return Some(inflight.done.clone());
         }
-        let (tx, rx) = watch::channel(None);
-        let priority = Arc::new(AtomicU8::new(level));
-        state.inflight.insert(
-            n,
-            Inflight {
-                priority: priority.clone(),
-                done: rx.clone(),
-            },
-        );
-        tokio::spawn(fetch::run(
-            engine.clone(),
-            self.clone(),
-            n,
-            priority,
-            via,
-            tx,
-        ));
+        let claim = state.claim(n, Arc::new(AtomicU8::new(level)));
+        let rx = claim.done.subscribe();
+        self.spawn_fetch(engine, claim, via);
         Some(rx)
+    }
+
+    /// Runs the ordinary fetch that ends `claim`.
+    fn spawn_fetch(self: &Arc<Self>, engine: &Engine, claim: Claim, via: Option<ParentView>) {
+        let task = self.clone();
+        let Claim { n, priority, done } = claim;
+        tokio::spawn(fetch::run(engine.clone(), task, n, priority, via, done));
     }
 
     /// Claims up to `max` consecutive pieces from `first`, stopping before
@@ -309,19 +314,7 @@ impl Task {
             if state.present.get(n) || state.inflight.contains_key(&n) {
                 break;
             }
-            let (tx, rx) = watch::channel(None);
-            state.inflight.insert(
-                n,
-                Inflight {
-                    priority: priority.clone(),
-                    done: rx,
-                },
-            );
-            claims.push(Claim {
-                n,
-                priority: priority.clone(),
-                done: tx,
-            });
+            claims.push(state.claim(n, priority.clone()));
         }
         claims
     }
@@ -329,14 +322,7 @@ impl Task {
     /// Hands a claimed piece that its run could not deliver to an ordinary
     /// fetch, which retries it on its own with the same waiters.
     pub(super) fn refetch(self: &Arc<Self>, engine: &Engine, claim: Claim) {
-        tokio::spawn(fetch::run(
-            engine.clone(),
-            self.clone(),
-            claim.n,
-            claim.priority,
-            None,
-            claim.done,
-        ));
+        self.spawn_fetch(engine, claim, None);
     }
 
     /// Waits up to `limit` for piece `n` if a fetch of it is under way,
