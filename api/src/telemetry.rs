@@ -69,6 +69,43 @@ pub async fn serve_metrics(addr: SocketAddr) -> Result<PrometheusHandle, Metrics
     Ok(handle)
 }
 
+/// How long requests still open at SIGTERM get to finish. Unary calls end
+/// in milliseconds; a long stream (a download's progress, a peer's
+/// scheduler session) would otherwise hold the daemon up until it ends,
+/// which can be many minutes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs a server until SIGINT or SIGTERM, then stops accepting and gives
+/// open requests [`SHUTDOWN_GRACE`] to finish before dropping them.
+/// `serve` gets the future that tells the server to stop accepting.
+pub async fn serve_until_signal<F, E>(
+    serve: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> F,
+) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(Box::pin(async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown_signal() => {}
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::info!(
+                "requests still open {}s after the stop signal are cut off",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

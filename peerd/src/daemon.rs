@@ -58,6 +58,7 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
             origin_requests_per_task: args.origin_requests_per_task.max(1),
             bulk_window: args.download_slots,
             upload_port: advertised.port(),
+            commit_interval: Duration::from_millis(args.commit_interval_ms),
         },
         seed: args.seed,
     });
@@ -102,13 +103,16 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         }
     }
 
-    tonic::transport::Server::builder()
-        .add_service(PeerServer::new(LocalApi::new(engine.clone())))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(socket),
-            api::telemetry::shutdown_signal(),
-        )
-        .await?;
+    let api = PeerServer::new(LocalApi::new(engine.clone()));
+    api::telemetry::serve_until_signal(|stop| {
+        tonic::transport::Server::builder()
+            .add_service(api)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(socket),
+                stop,
+            )
+    })
+    .await?;
     tracing::info!("shutting down");
     engine.shutdown().await;
     let _ = std::fs::remove_file(&args.socket);

@@ -89,15 +89,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(addr = %args.listen, "scheduler listening");
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(SchedulerServer::new(service::SchedulerService::new(
-            cluster,
-        )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            api::telemetry::shutdown_signal(),
-        )
-        .await?;
+    let service = SchedulerServer::new(service::SchedulerService::new(cluster));
+    api::telemetry::serve_until_signal(|stop| {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop,
+            )
+    })
+    .await?;
     Ok(())
 }

@@ -31,6 +31,7 @@ use api::proto::{
 use api::task::TaskId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use task::LoadedState;
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct Settings {
     /// This host's upload port, sent with piece requests so a root can
     /// point later requesters here (see `fanout`).
     pub upload_port: u16,
+    /// Longest a downloaded piece waits to be synced and logged.
+    pub commit_interval: Duration,
 }
 
 pub struct Inner {
@@ -107,7 +110,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 store: parts.store,
-                journal: Journal::start(),
+                journal: Journal::start(parts.settings.commit_interval),
                 link: parts.link,
                 peers: parts.peers,
                 origin: parts.origin,
