@@ -97,8 +97,7 @@ impl DffsFs {
     /// handles still open).
     fn open_handle(&self, node: &Node, reply: &ReplyOpen) -> Option<Arc<fuser::BackingId>> {
         let mut io = node.io.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = io.stale;
-        if let Some((id, users)) = io.passthrough.as_mut().filter(|_| !stale) {
+        if let Some((id, users)) = io.passthrough.as_mut() {
             *users += 1;
             return Some(id.clone());
         }
@@ -234,12 +233,23 @@ impl Filesystem for DffsFs {
         let Some(node) = self.nodes.get(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        if node.revalidate() {
-            // Handles still open (a release may be on its way, as FUSE
-            // sends it after close() returns) keep the old file; new opens
-            // must not get it.
+        let changed = node.revalidate();
+        {
             let mut io = node.io.lock().unwrap_or_else(|e| e.into_inner());
-            io.stale = io.passthrough.is_some();
+            if io.passthrough.is_some() && (changed || io.stale) {
+                // The kernel binds an inode open for passthrough to that
+                // one file: every further open of it must use that file,
+                // whose bytes changed. Handles already open keep it (a
+                // release may still be on its way, as FUSE sends it after
+                // close() returns). The task moves to a fresh inode, and
+                // ESTALE makes the kernel look the name up again and open
+                // that one instead, so the caller never sees an error.
+                io.stale = true;
+                drop(io);
+                let fresh = self.nodes.succeed(&node);
+                tracing::info!(task = %node.id, old = node.ino, new = fresh.ino, "peerd's copy changed while open for passthrough; new opens get a fresh inode");
+                return reply.error(Errno::ESTALE);
+            }
         }
         match self.open_handle(&node, &reply) {
             Some(backing) => {
@@ -353,7 +363,6 @@ impl Filesystem for DffsFs {
                     *users -= 1;
                     if *users == 0 {
                         io.passthrough = None;
-                        io.stale = false;
                     }
                 }
             } else {

@@ -41,7 +41,8 @@ pub struct IoMode {
     /// The backing registration, and how many handles use it.
     pub passthrough: Option<(Arc<fuser::BackingId>, u32)>,
     /// The passthrough file is a copy of peerd's that changed since: it
-    /// serves the handles already open on it and is never handed out again.
+    /// serves the handles already open on it, and the task has moved to a
+    /// fresh inode (see `Nodes::succeed`).
     pub stale: bool,
 }
 
@@ -237,6 +238,30 @@ impl Nodes {
             node.learn(info);
             return Ok(node);
         }
+        let node = self.fresh(id, layout, mtime);
+        node.learn(info);
+        by_id.insert(id, node.ino);
+        Ok(node)
+    }
+
+    /// Moves `old`'s task to a fresh inode that knows nothing yet of the
+    /// content file, so that new opens are not bound to the file `old`'s
+    /// open handles use. `old` stays for those handles. Returns the node
+    /// the task now has (someone else's successor if one came first).
+    pub fn succeed(&self, old: &Node) -> Arc<Node> {
+        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        let current = by_id.get(&old.id).filter(|&&ino| ino != old.ino);
+        if let Some(node) = current.and_then(|&ino| self.get(ino)) {
+            return node;
+        }
+        let node = self.fresh(old.id, old.layout, old.mtime);
+        node.set_content_path(&old.content_path.lock().unwrap_or_else(|e| e.into_inner()));
+        by_id.insert(old.id, node.ino);
+        node
+    }
+
+    /// A new inode for a task, entered in the inode table.
+    fn fresh(&self, id: TaskId, layout: Layout, mtime: SystemTime) -> Arc<Node> {
         let ino = self.next.fetch_add(1, Ordering::Relaxed);
         let node = Arc::new(Node {
             ino,
@@ -250,12 +275,10 @@ impl Nodes {
             complete: AtomicBool::new(layout.piece_count() == 0),
             io: Mutex::new(IoMode::default()),
         });
-        node.learn(info);
-        by_id.insert(id, ino);
         self.by_ino
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ino, node.clone());
-        Ok(node)
+        node
     }
 }
