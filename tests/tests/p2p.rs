@@ -2,9 +2,20 @@
 //! serves it about once, and a repeat download costs the origin nothing.
 
 use std::time::Duration;
-use tests::{Cluster, sha256_file};
+use tests::{Cluster, Origin, sha256_file};
 
 const SIZE: usize = 64 << 20;
+
+/// Serves `size` random bytes as `name` (origin `flags`), has every peer
+/// of `cluster` download it and checks each copy; returns the origin.
+fn fetched_by_every_peer(cluster: &Cluster, name: &str, size: usize, flags: &[&str]) -> Origin {
+    let (origin, expected) = cluster.serve_file(name, size, flags);
+    let url = origin.url(name);
+    for peer in &cluster.peers {
+        peer.dfget_verified(&url, &format!("{name}.out"), &expected);
+    }
+    origin
+}
 
 #[test]
 fn five_peers_share_one_origin_copy() {
@@ -83,11 +94,7 @@ fn five_peers_share_one_origin_copy() {
 fn peers_without_a_seed_still_share() {
     let cluster = Cluster::start(false, 3);
     let size = 8 << 20;
-    let (origin, expected) = cluster.serve_file("f.bin", size, &[]);
-    let url = origin.url("f.bin");
-    for peer in &cluster.peers {
-        peer.dfget_verified(&url, "f.out", &expected);
-    }
+    let origin = fetched_by_every_peer(&cluster, "f.bin", size, &[]);
     assert_eq!(
         origin.bytes_served(),
         size as u64,
@@ -99,11 +106,7 @@ fn peers_without_a_seed_still_share() {
 fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
     let cluster = Cluster::start(true, 2);
     let size = (5 << 20) + 12345;
-    let (origin, expected) = cluster.serve_file("norange.bin", size, &["--ignore-range"]);
-    let url = origin.url("norange.bin");
-    for peer in &cluster.peers {
-        peer.dfget_verified(&url, "norange.out", &expected);
-    }
+    let origin = fetched_by_every_peer(&cluster, "norange.bin", size, &["--ignore-range"]);
     let served = origin.bytes_served();
     assert!(
         served <= 2 * size as u64,
@@ -115,9 +118,7 @@ fn an_origin_that_ignores_range_still_yields_the_right_bytes() {
 fn a_root_fetches_a_whole_task_in_a_few_long_origin_requests() {
     let cluster = Cluster::start(true, 1);
     let size = 32 << 20;
-    let (origin, expected) = cluster.serve_file("runs.bin", size, &[]);
-    let url = origin.url("runs.bin");
-    cluster.peers[0].dfget_verified(&url, "runs.out", &expected);
+    let origin = fetched_by_every_peer(&cluster, "runs.bin", size, &[]);
     // 128 pieces of 256 KiB: one request each would be 128 or more.
     let requests = origin.requests();
     assert!(
@@ -131,12 +132,8 @@ fn a_root_fetches_a_whole_task_in_a_few_long_origin_requests() {
 fn an_origin_that_breaks_off_long_responses_still_yields_the_right_bytes() {
     let cluster = Cluster::start(true, 2);
     let size = (32 << 20) + 4321;
-    let (origin, expected) =
-        cluster.serve_file("cut.bin", size, &["--cut-after", &(3 << 20).to_string()]);
-    let url = origin.url("cut.bin");
-    for peer in &cluster.peers {
-        peer.dfget_verified(&url, "cut.out", &expected);
-    }
+    let cut_after = (3 << 20).to_string();
+    let origin = fetched_by_every_peer(&cluster, "cut.bin", size, &["--cut-after", &cut_after]);
     let served = origin.bytes_served();
     assert!(
         served as f64 <= 1.3 * size as f64,

@@ -242,7 +242,10 @@ fn plan(
         }
     }
     let mut rng = rand::rng();
-    let region_len = in_order_region(state.parents.iter().filter(usable).count());
+    let mut asked: Vec<usize> = (0..state.parents.len())
+        .filter(|&i| usable(&&state.parents[i]))
+        .collect();
+    let region_len = in_order_region(asked.len());
     let mut ranked: Vec<Candidate> = missing(&state, wanted, chosen)
         .map(|n| Candidate {
             holders: holders[n as usize],
@@ -258,18 +261,15 @@ fn plan(
         return Vec::new();
     }
     ranked.sort_unstable();
-    let mut order: Vec<usize> = (0..state.parents.len())
-        .filter(|&i| usable(&&state.parents[i]))
-        .collect();
-    order.shuffle(&mut rng);
+    asked.shuffle(&mut rng);
     // Plain peers first, within the room; the root after them, outside
     // it. New pieces exist only at the root, and a host whose room is
     // full of requests to busy peers would otherwise ask for them late:
     // the whole swarm then trails the root, and the root's uplink idles.
-    order.sort_by_key(|&i| state.parents[i].is_root);
+    asked.sort_by_key(|&i| state.parents[i].is_root);
     let state = &mut *state;
     let mut plans = Vec::new();
-    for parent in order.into_iter().map(|i| &state.parents[i]) {
+    for parent in asked.into_iter().map(|i| &state.parents[i]) {
         let mut load = load(state, parent);
         let before = plans.len();
         while (plans.len() < room || parent.is_root) && load < cap {
@@ -394,11 +394,9 @@ mod tests {
         assert_eq!(best_piece(&ranked, &root(&[]), &taken), Some(9));
     }
 
-    fn first_planned(order: Order) -> Vec<u32> {
-        first_planned_with(order, 1)
-    }
-
-    fn first_planned_with(order: Order, parents: usize) -> Vec<u32> {
+    /// What `plan` asks for first, with `parents` parents that hold all of
+    /// a 1024-piece task.
+    fn first_planned(order: Order, parents: usize) -> Vec<u32> {
         let dir = tempfile::tempdir().expect("temp dir");
         let task = task_with_a_full_parent(dir.path(), 1024);
         let first = task.lock().parents[0].clone();
@@ -415,7 +413,7 @@ mod tests {
 
     #[test]
     fn in_order_plans_the_earliest_pieces_first_but_spread_does_not() {
-        let in_order = first_planned(Order::InOrder);
+        let in_order = first_planned(Order::InOrder, 1);
         assert_eq!(in_order.len(), 32);
         assert!(
             in_order.iter().all(|&n| n < IN_ORDER_REGION),
@@ -423,7 +421,7 @@ mod tests {
         );
         // 32 picks at random from 1024 all land in the first 64 with
         // probability about 1e-39.
-        let spread = first_planned(Order::Spread);
+        let spread = first_planned(Order::Spread, 1);
         assert!(
             spread.iter().any(|&n| n >= IN_ORDER_REGION),
             "a spread download planned only the first pieces: {spread:?}"
@@ -434,7 +432,7 @@ mod tests {
     fn an_in_order_step_grows_with_the_parents() {
         // Four parents: a step of 256 pieces. 32 picks from it all land in
         // the first 64 with probability about 1e-19.
-        let planned = first_planned_with(Order::InOrder, 4);
+        let planned = first_planned(Order::InOrder, 4);
         assert_eq!(planned.len(), 32);
         assert!(
             planned.iter().all(|&n| n < 4 * IN_ORDER_REGION),

@@ -109,7 +109,7 @@ async fn read_exact(
     Ok(bytes)
 }
 
-pub(super) fn short_or_long(url: &str, which: &str) -> EngineError {
+fn short_or_long(url: &str, which: &str) -> EngineError {
     EngineError::Origin {
         http_status: 0,
         message: format!("origin sent {which} bytes than it announced for {url}"),
@@ -140,16 +140,13 @@ async fn stream_whole(
 ) -> Result<(), EngineError> {
     let url = task.meta.source.as_ref().map_or("", |s| s.url.as_str());
     let mut cutter = PieceCutter::new(task.layout, 0..task.layout.piece_count());
-    while let Some(chunk) = next_counted_chunk(engine, &mut response, url, priority).await? {
-        let mut rest = &chunk[..];
-        while let Some(n) = cutter
-            .fill(&mut rest)
-            .ok_or_else(|| short_or_long(url, "more"))?
-        {
-            keep(engine, task, n, cutter.piece()).await?;
-        }
+    while let Some(n) = cutter
+        .next_piece(engine, &mut response, url, priority)
+        .await?
+    {
+        keep(engine, task, n, cutter.piece()).await?;
     }
-    cutter.check_done(url)
+    Ok(())
 }
 
 /// Cuts an origin body that starts at a piece's first byte into whole
@@ -159,6 +156,8 @@ pub(super) struct PieceCutter {
     next: u32,
     end: u32,
     buf: Vec<u8>,
+    /// What is left of the body's last chunk.
+    rest: bytes::Bytes,
 }
 
 impl PieceCutter {
@@ -168,6 +167,35 @@ impl PieceCutter {
             next: pieces.start,
             end: pieces.end,
             buf: Vec::with_capacity(layout.piece_length as usize),
+            rest: bytes::Bytes::new(),
+        }
+    }
+
+    /// Reads `response` until the next piece is complete and returns its
+    /// number (its bytes are in `piece()` until the next call); None once
+    /// the body ended with every piece complete. A body that ends early or
+    /// runs past the last piece is an error.
+    pub(super) async fn next_piece(
+        &mut self,
+        engine: &Engine,
+        response: &mut reqwest::Response,
+        url: &str,
+        priority: &'static str,
+    ) -> Result<Option<u32>, EngineError> {
+        loop {
+            let chunk = std::mem::take(&mut self.rest);
+            let mut rest = &chunk[..];
+            let done = self
+                .fill(&mut rest)
+                .ok_or_else(|| short_or_long(url, "more"))?;
+            self.rest = chunk.slice(chunk.len() - rest.len()..);
+            if done.is_some() {
+                return Ok(done);
+            }
+            match next_counted_chunk(engine, response, url, priority).await? {
+                Some(chunk) => self.rest = chunk,
+                None => return self.check_done(url).map(|()| None),
+            }
         }
     }
 
@@ -175,7 +203,7 @@ impl PieceCutter {
     /// `Some(Some(n))` when piece `n` is complete (its bytes are in
     /// `piece()` until the next call), `Some(None)` when `rest` ran out
     /// first, and None when `rest` holds bytes past the last piece.
-    pub(super) fn fill(&mut self, rest: &mut &[u8]) -> Option<Option<u32>> {
+    fn fill(&mut self, rest: &mut &[u8]) -> Option<Option<u32>> {
         if self.next < self.end && self.buf.len() as u64 == self.layout.piece_len(self.next) {
             self.buf.clear();
             self.next += 1;
@@ -198,8 +226,8 @@ impl PieceCutter {
     }
 
     /// Errors unless every piece was completed (a piece counts once the
-    /// `fill` after it has run, which the loops over a body always do).
-    pub(super) fn check_done(&self, url: &str) -> Result<(), EngineError> {
+    /// `fill` after it has run, which `next_piece` always does).
+    fn check_done(&self, url: &str) -> Result<(), EngineError> {
         if self.next >= self.end {
             Ok(())
         } else {
@@ -210,7 +238,7 @@ impl PieceCutter {
 
 /// The next chunk of an origin body, after the host's download limit and
 /// counted in the metrics.
-pub(super) async fn next_counted_chunk(
+async fn next_counted_chunk(
     engine: &Engine,
     response: &mut reqwest::Response,
     url: &str,

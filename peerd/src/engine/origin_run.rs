@@ -15,7 +15,7 @@
 //! cannot deliver (the origin failed or cut the body short) goes back to an
 //! ordinary per-piece fetch, which retries it.
 
-use super::origin_fetch::{PieceCutter, keep, next_counted_chunk, short_or_long};
+use super::origin_fetch::{PieceCutter, keep};
 use super::task::{Claim, Task};
 use super::{Engine, EngineError};
 use crate::origin::Body;
@@ -76,19 +76,13 @@ async fn receive(
         return Ok(());
     };
     let mut cutter = PieceCutter::new(task.layout, first..first + pending.len() as u32);
-    while let Some(chunk) = next_counted_chunk(engine, &mut response, url, label).await? {
-        let mut rest = &chunk[..];
-        while let Some(n) = cutter
-            .fill(&mut rest)
-            .ok_or_else(|| short_or_long(url, "more"))?
-        {
-            let claim = pending.next().expect("a claim for every piece of the run");
-            debug_assert_eq!(claim.n, n);
-            let result = keep(engine, task, n, cutter.piece()).await.map(drop);
-            task.finish_fetch(n);
-            claim.done.send_replace(Some(result.clone()));
-            result?;
-        }
+    while let Some(n) = cutter.next_piece(engine, &mut response, url, label).await? {
+        let claim = pending.next().expect("a claim for every piece of the run");
+        debug_assert_eq!(claim.n, n);
+        let result = keep(engine, task, n, cutter.piece()).await.map(drop);
+        task.finish_fetch(n);
+        claim.done.send_replace(Some(result.clone()));
+        result?;
     }
-    cutter.check_done(url)
+    Ok(())
 }
