@@ -100,6 +100,39 @@ impl Layout {
     }
 }
 
+/// The positions of the set bits in `words`, laid out as `Bitmap::words`
+/// lays them out, in order.
+pub fn ones_in(words: impl IntoIterator<Item = u64>) -> impl Iterator<Item = u32> {
+    words.into_iter().zip(0u32..).flat_map(|(mut word, index)| {
+        std::iter::from_fn(move || {
+            (word != 0).then(|| {
+                let bit = word.trailing_zeros();
+                word &= word - 1;
+                index * 64 + bit
+            })
+        })
+    })
+}
+
+/// Words (as `Bitmap::words` lays them out) with the bits of `range` set,
+/// for a map of `len` bits.
+pub fn range_words(range: Range<u32>, len: u32) -> impl Iterator<Item = u64> {
+    let end = range.end.min(len);
+    let start = range.start.min(end);
+    (0..len.div_ceil(64)).map(move |index| {
+        let (low, high) = (index * 64, index * 64 + 64);
+        let (from, to) = (start.clamp(low, high) - low, end.clamp(low, high) - low);
+        let below = |bits: u32| {
+            if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            }
+        };
+        below(to) & !below(from)
+    })
+}
+
 /// One bit per piece, LSB-first within each byte, as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Bitmap {
@@ -122,12 +155,14 @@ impl Bitmap {
     /// cannot cause a panic.
     pub fn from_bytes(len: u32, bytes: &[u8]) -> Self {
         let mut map = Bitmap::new(len);
-        for i in 0..len {
-            let byte = bytes.get((i / 8) as usize).copied().unwrap_or(0);
-            if byte & (1 << (i % 8)) != 0 {
-                map.set(i);
-            }
+        let copied = map.bits.len().min(bytes.len());
+        map.bits[..copied].copy_from_slice(&bytes[..copied]);
+        if !len.is_multiple_of(8)
+            && let Some(last) = map.bits.last_mut()
+        {
+            *last &= (1u8 << (len % 8)) - 1;
         }
+        map.ones = map.bits.iter().map(|b| b.count_ones()).sum();
         map
     }
 
@@ -173,7 +208,19 @@ impl Bitmap {
     }
 
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
+        ones_in(self.words())
+    }
+
+    /// The bits as 64-bit words: bit `i` of the map is bit `i % 64` of word
+    /// `i / 64`, and bits past the end are zero. Set operations across maps
+    /// then cost a word, not a bit, at a time: a download plans its next
+    /// requests against every parent's map each time a piece lands.
+    pub fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.chunks(8).map(|chunk| {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u64::from_le_bytes(word)
+        })
     }
 
     pub fn iter_zeros(&self) -> impl Iterator<Item = u32> + '_ {
@@ -184,6 +231,32 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_views_agree_with_bit_views() {
+        let mut map = Bitmap::new(130);
+        for i in [0, 1, 63, 64, 100, 129] {
+            map.set(i);
+        }
+        assert_eq!(map.words().count(), 3);
+        assert_eq!(
+            map.iter_ones().collect::<Vec<_>>(),
+            [0, 1, 63, 64, 100, 129]
+        );
+        assert_eq!(
+            ones_in(range_words(62..101, 130)).collect::<Vec<_>>(),
+            (62..101).collect::<Vec<_>>()
+        );
+        assert_eq!(ones_in(range_words(0..200, 130)).count(), 130);
+        assert_eq!(ones_in(range_words(64..64, 130)).count(), 0);
+        let both: Vec<u32> = ones_in(
+            map.words()
+                .zip(range_words(1..100, 130))
+                .map(|(a, b)| a & b),
+        )
+        .collect();
+        assert_eq!(both, [1, 63, 64]);
+    }
 
     #[test]
     fn piece_length_grows_with_size_and_stays_a_power_of_two() {
@@ -244,6 +317,11 @@ mod tests {
         assert_eq!(short.count_ones(), 8);
         let long = Bitmap::from_bytes(3, &[0xff, 0xff, 0xff]);
         assert!(long.is_full());
+        assert_eq!(
+            long.words().collect::<Vec<_>>(),
+            [0b111],
+            "bits past the end stay clear"
+        );
         assert_eq!(long.iter_zeros().count(), 0);
     }
 }

@@ -16,7 +16,7 @@
 
 use super::task::{OriginMode, ParentView, PieceResult, State, Task};
 use super::{Engine, EngineError, fetch, origin_run};
-use api::piece::Bitmap;
+use api::piece::{Bitmap, ones_in, range_words};
 use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
@@ -235,9 +235,17 @@ fn plan(
     }
     // How many usable plain parents hold each piece. A parent that is
     // blocked (down, or lying) must not keep the root from serving.
+    // The pieces left to plan, wanted and neither present nor chosen, a
+    // word at a time: bit by bit, this scan was most of plan's cost.
+    let open: Vec<u64> = range_words(wanted.clone(), count)
+        .zip(state.present.words())
+        .zip(chosen.words())
+        .map(|((want, present), chosen)| want & !present & !chosen)
+        .collect();
     let mut holders = vec![0u32; count as usize];
     for p in state.parents.iter().filter(usable).filter(|p| !p.is_root) {
-        for n in p.bitmap.iter_ones() {
+        let held_and_open = p.bitmap.words().zip(&open).map(|(held, open)| held & open);
+        for n in ones_in(held_and_open) {
             holders[n as usize] += 1;
         }
     }
@@ -246,7 +254,7 @@ fn plan(
         .filter(|&i| usable(&&state.parents[i]))
         .collect();
     let region_len = in_order_region(asked.len());
-    let mut ranked: Vec<Candidate> = missing(&state, wanted, chosen)
+    let mut ranked: Vec<Candidate> = ones_in(open.iter().copied())
         .map(|n| Candidate {
             holders: holders[n as usize],
             region: match order {
