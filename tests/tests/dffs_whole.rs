@@ -1,6 +1,7 @@
 //! A reader that reads a task in order from its start (`cp`, `sha256sum`)
 //! has the whole task fetched in the background, as dfget would; a reader
-//! that starts elsewhere keeps only its bounded read-ahead.
+//! that starts elsewhere keeps only its bounded read-ahead, and the seed
+//! runs a bounded stretch ahead of it.
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -90,10 +91,9 @@ fn a_reader_that_reads_from_the_start_gets_the_whole_task_fetched() {
 
 #[test]
 fn a_reader_that_starts_mid_file_keeps_a_bounded_read_ahead() {
-    // The origin must outlive the reads: bind it, do not let `..` drop it.
     let Setup {
         cluster,
-        origin: _origin,
+        origin,
         original,
         mnt,
         id,
@@ -109,5 +109,23 @@ fn a_reader_that_starts_mid_file_keeps_a_bounded_read_ahead() {
     assert!(
         moved <= bound,
         "a mid-file reader moved {moved} bytes (bound {bound})"
+    );
+    // The seed, which fetches for its children, runs up to one origin run
+    // (8 MiB) past the pieces an in-order child asks for, so the child's
+    // next windows are there when asked for; no further. It tops up in
+    // steps of at least a quarter run, and the child asks for the pieces
+    // of a window in random order, so the last step may start up to a
+    // quarter run behind the last piece asked for.
+    let asked = (READ + 2 * MIB) as f64;
+    let run = (8 * MIB) as f64;
+    let served = origin.bytes_served() as f64;
+    assert!(
+        served >= asked + run / 4.0,
+        "the seed did not run ahead of an in-order reader: the origin served {served} bytes for {asked} asked"
+    );
+    let piece = (256 << 10) as f64;
+    assert!(
+        served <= asked + run + 2.0 * piece,
+        "the seed ran too far ahead: the origin served {served} bytes for {asked} asked"
     );
 }

@@ -72,6 +72,7 @@ impl PieceProvider for Engine {
                 } else {
                     Priority::Prefetch
                 };
+                super::origin_run::read_ahead(self, &task, n);
                 task.ensure(self, n..n + 1, priority)
                     .await
                     .map_err(|e| refuse(Status::Failed, e.to_string()))?;
