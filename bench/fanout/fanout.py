@@ -16,6 +16,7 @@ Usage (as root):
 import argparse
 import hashlib
 import json
+import re
 import os
 import shutil
 import statistics
@@ -148,6 +149,21 @@ def metrics_of(tb, h):
     return values
 
 
+def link_drops(tb, h):
+    """Packets host h's shaped links dropped (up, down): losses that make
+    TCP back off and leave a link part idle."""
+    def dropped(argv):
+        out = subprocess.run(argv, capture_output=True, text=True).stdout
+        match = re.search(r"dropped (\d+)", out)
+        return int(match[1]) if match else -1
+    tcp = subprocess.run(["ip", "netns", "exec", tb.ns(h), "nstat", "-az", "TcpRetransSegs", "TcpExtTCPTimeouts",
+                          "TcpOutSegs"], capture_output=True, text=True).stdout
+    counters = dict(re.findall(r"(\w+)\s+(\d+)", tcp))
+    return (dropped(["ip", "netns", "exec", tb.ns(h), "tc", "-s", "qdisc", "show", "dev", "eth0"]),
+            dropped(["tc", "-s", "qdisc", "show", "dev", f"{tb.tag}v{h}"]),
+            {k: int(v) for k, v in counters.items()})
+
+
 def debug_report(run, size):
     """Per-host upload and download shares, to see where a swarm stalls."""
     for h in [1] + run.hosts:
@@ -159,7 +175,8 @@ def debug_report(run, size):
         followed = {k.split('result="')[1][:-2]: v for k, v in m.items() if k.startswith("dffs_redirects_followed_total")}
         fails = {k.split('reason="')[1].split('"')[0]: v for k, v in m.items() if k.startswith("dffs_piece_failures_total")}
         print(f"    host {h}: up {up / size:5.2f} copies, from peers {peer / size:4.2f}, from origin {origin / size:4.2f}, "
-              f"redirects sent {redirects:.0f}, followed {followed}, failures {fails}", flush=True)
+              f"redirects sent {redirects:.0f}, followed {followed}, failures {fails}, "
+              f"drops up/down {link_drops(run.tb, h)}", flush=True)
 
 
 class Timeline:
@@ -219,6 +236,7 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         served = json.loads(run.origin("_stats"))["bytes_served"]
         if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl":
             debug_report(run, size)
+            print("    done at: " + " ".join(f"h{h}={t:.2f}" for h, t in sorted(ends.items())), flush=True)
             timeline.report()
             for h in [1] + run.hosts:
                 shutil.copy(work / f"h{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-h{h}.log")
