@@ -233,8 +233,6 @@ fn plan(
     if !state.parents.iter().filter(usable).any(has_room) {
         return Vec::new();
     }
-    // How many usable plain parents hold each piece. A parent that is
-    // blocked (down, or lying) must not keep the root from serving.
     // The pieces left to plan, wanted and neither present nor chosen, a
     // word at a time: bit by bit, this scan was most of plan's cost.
     let open: Vec<u64> = range_words(wanted.clone(), count)
@@ -242,6 +240,8 @@ fn plan(
         .zip(chosen.words())
         .map(|((want, present), chosen)| want & !present & !chosen)
         .collect();
+    // How many usable plain parents hold each open piece. A parent that is
+    // blocked (down, or lying) must not keep the root from serving.
     let mut holders = vec![0u32; count as usize];
     for p in state.parents.iter().filter(usable).filter(|p| !p.is_root) {
         let held_and_open = p.bitmap.words().zip(&open).map(|(held, open)| held & open);

@@ -46,14 +46,14 @@ pub(super) fn read_ahead(engine: &Engine, task: &Arc<Task>, n: u32) {
         .saturating_add(1)
         .saturating_add(run)
         .min(task.layout.piece_count());
-    let Some((follows, first_gap)) = task.read_ahead_gap(n, end) else {
+    let Some(from) = task.run_ahead_from(n, end) else {
         return;
     };
     // Runs shorter than a quarter run would each cost a request for little.
-    if !follows || end.saturating_sub(first_gap) < (run / 4).max(1) {
+    if end - from < (run / 4).max(1) {
         return;
     }
-    let claims = task.claim_run(first_gap, end, run, api::proto::Priority::Prefetch);
+    let claims = task.claim_run(from, end, run, api::proto::Priority::Prefetch);
     if !claims.is_empty() {
         tokio::spawn(fetch(engine.clone(), task.clone(), claims));
     }

@@ -175,22 +175,24 @@ impl Task {
         self.lock().present.get(n)
     }
 
-    /// Where a root's sequential child stands: whether the piece before `n`
-    /// is present or on its way, and the first piece after `n`, up to `end`,
-    /// that is neither (`end` when there is none). None when the root has
-    /// no reason to run ahead (the origin has not shown it honours Range,
-    /// or a whole-task download already fetches everything in order).
-    pub(super) fn read_ahead_gap(&self, n: u32, end: u32) -> Option<(bool, u32)> {
+    /// Where a root should start fetching ahead of a child that asked for
+    /// piece `n`: the first piece after `n`, below `end`, that is neither
+    /// present nor on its way (`end` when there is none). None when the
+    /// child is not reading in order (the piece before `n` is neither), or
+    /// the root has no need to run ahead: the origin has not shown it
+    /// honours Range, or a whole-task download already fetches everything.
+    pub(super) fn run_ahead_from(&self, n: u32, end: u32) -> Option<u32> {
         let state = self.lock();
-        if state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
+        let coming = |m: u32| state.present.get(m) || state.inflight.contains_key(&m);
+        let in_order = n.checked_sub(1).is_some_and(coming);
+        if !in_order || state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
             return None;
         }
-        let coming = |m: u32| state.present.get(m) || state.inflight.contains_key(&m);
-        let follows = n.checked_sub(1).is_some_and(coming);
-        let first_gap = (n.saturating_add(1)..end)
-            .find(|&m| !coming(m))
-            .unwrap_or(end);
-        Some((follows, first_gap))
+        Some(
+            (n.saturating_add(1)..end)
+                .find(|&m| !coming(m))
+                .unwrap_or(end),
+        )
     }
 
     pub fn has_all(&self, pieces: std::ops::Range<u32>) -> bool {
