@@ -84,7 +84,9 @@ class Run:
             self.daemons.append(tb.spawn(h, [b / binary, "--scheduler", sched, "--data-dir", d / "data",
                                              "--socket", d / "peerd.sock", "--upload-addr", "0.0.0.0:65002",
                                              "--metrics-addr", "127.0.0.1:65003", "--log-level", level,
-                                             *os.environ.get("DFFS_FANOUT_PEERD_ARGS", "").split()],
+                                             *os.environ.get("DFFS_FANOUT_PEERD_ARGS", "").split(),
+                                             *(os.environ.get("DFFS_FANOUT_SEED_ARGS", "").split()
+                                               if binary == "seed" else [])],
                                          w / f"h{h}.log"))
         for h, _ in peers:
             sock = w / f"h{h}" / "peerd.sock"
