@@ -151,9 +151,9 @@ def metrics_of(tb, h):
     return values
 
 
-def link_drops(tb, h):
-    """Packets host h's shaped links dropped (up, down): losses that make
-    TCP back off and leave a link part idle."""
+def link_losses(tb, h):
+    """Packets host h's shaped links dropped (up, down) and its TCP
+    counters: losses that make TCP back off and leave a link part idle."""
     def dropped(argv):
         out = subprocess.run(argv, capture_output=True, text=True).stdout
         match = re.search(r"dropped (\d+)", out)
@@ -178,7 +178,7 @@ def debug_report(run, size):
         fails = {k.split('reason="')[1].split('"')[0]: v for k, v in m.items() if k.startswith("dffs_piece_failures_total")}
         print(f"    host {h}: up {up / size:5.2f} copies, from peers {peer / size:4.2f}, from origin {origin / size:4.2f}, "
               f"redirects sent {redirects:.0f}, followed {followed}, failures {fails}, "
-              f"drops up/down {link_drops(run.tb, h)}", flush=True)
+              f"drops up/down, TCP {link_losses(run.tb, h)}", flush=True)
 
 
 class Timeline:

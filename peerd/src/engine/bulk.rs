@@ -138,14 +138,20 @@ pub(super) async fn download(
     Ok(Outcome::Done)
 }
 
-fn missing<'a>(
-    state: &'a State,
-    wanted: &Range<u32>,
-    chosen: &'a Bitmap,
-) -> impl Iterator<Item = u32> + 'a {
-    wanted
-        .clone()
-        .filter(move |&n| !state.present.get(n) && !chosen.get(n))
+/// The pieces of `wanted` that are neither present nor chosen, as words
+/// (see `Bitmap::words`): `plan` runs each time a piece lands, and bit by
+/// bit this scan was most of its cost.
+fn open_words(state: &State, wanted: &Range<u32>, chosen: &Bitmap) -> Vec<u64> {
+    range_words(wanted.clone(), state.present.len())
+        .zip(state.present.words())
+        .zip(chosen.words())
+        .map(|((want, present), chosen)| want & !present & !chosen)
+        .collect()
+}
+
+/// The pieces of `wanted` that are neither present nor chosen, in order.
+fn missing(state: &State, wanted: &Range<u32>, chosen: &Bitmap) -> impl Iterator<Item = u32> {
+    ones_in(open_words(state, wanted, chosen))
 }
 
 /// Runs a root keeps in flight: two, so the next run's request is on its
@@ -175,7 +181,7 @@ fn root_starts(
         }
         return started;
     }
-    let run = (origin_run::RUN_BYTES / task.layout.piece_length).max(1) as usize;
+    let run = origin_run::run_pieces(task.layout) as usize;
     let mut room = (ROOT_RUNS * run).saturating_sub(in_flight);
     while room > 0 {
         let (next, left) = {
@@ -233,13 +239,7 @@ fn plan(
     if !state.parents.iter().filter(usable).any(has_room) {
         return Vec::new();
     }
-    // The pieces left to plan, wanted and neither present nor chosen, a
-    // word at a time: bit by bit, this scan was most of plan's cost.
-    let open: Vec<u64> = range_words(wanted.clone(), count)
-        .zip(state.present.words())
-        .zip(chosen.words())
-        .map(|((want, present), chosen)| want & !present & !chosen)
-        .collect();
+    let open = open_words(&state, wanted, chosen);
     // How many usable plain parents hold each open piece. A parent that is
     // blocked (down, or lying) must not keep the root from serving.
     let mut holders = vec![0u32; count as usize];
@@ -317,8 +317,7 @@ fn load(state: &State, parent: &ParentView) -> u32 {
 /// How far past the root's lowest missing piece a host asks it for pieces
 /// it must still fetch: the pieces of the runs a root keeps in flight.
 fn root_window(task: &Task) -> u32 {
-    let pieces = ROOT_RUNS as u64 * origin_run::RUN_BYTES / task.layout.piece_length;
-    u32::try_from(pieces.max(1)).unwrap_or(u32::MAX)
+    (ROOT_RUNS as u32).saturating_mul(origin_run::run_pieces(task.layout))
 }
 
 /// The piece to ask `parent` for, from `ranked` (rarest first): the rarest

@@ -19,6 +19,7 @@ use super::origin_fetch::{PieceCutter, keep};
 use super::task::{Claim, Task};
 use super::{Engine, EngineError};
 use crate::origin::Body;
+use api::piece::Layout;
 use std::iter::Peekable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,11 @@ use std::vec::IntoIter;
 /// long enough that a request's round trip is a small share of it, short
 /// enough that a reader's urgent piece need not wait behind much.
 pub(super) const RUN_BYTES: u64 = 8 << 20;
+
+/// Pieces in one run of a task with this layout.
+pub(super) fn run_pieces(layout: Layout) -> u32 {
+    u32::try_from((RUN_BYTES / layout.piece_length).max(1)).unwrap_or(u32::MAX)
+}
 
 /// Keeps a root's origin stream up to a run ahead of a child that reads in
 /// order, without waiting for the child to ask.
@@ -41,7 +47,7 @@ pub(super) const RUN_BYTES: u64 = 8 << 20;
 /// random reader's pieces are not adjacent and pull nothing extra, and a
 /// reader that stops leaves at most one run fetched for nothing.
 pub(super) fn read_ahead(engine: &Engine, task: &Arc<Task>, n: u32) {
-    let run = (RUN_BYTES / task.layout.piece_length).max(1) as u32;
+    let run = run_pieces(task.layout);
     let end = n
         .saturating_add(1)
         .saturating_add(run)

@@ -83,6 +83,11 @@ impl State {
         !self.inflight.is_empty()
     }
 
+    /// Whether piece `n` is present or being fetched.
+    fn present_or_coming(&self, n: u32) -> bool {
+        self.present.get(n) || self.inflight.contains_key(&n)
+    }
+
     /// Records piece `n` as being fetched; whoever holds the claim ends it.
     fn claim(&mut self, n: u32, priority: Arc<AtomicU8>) -> Claim {
         let (done, rx) = watch::channel(None);
@@ -183,14 +188,13 @@ impl Task {
     /// honours Range, or a whole-task download already fetches everything.
     pub(super) fn run_ahead_from(&self, n: u32, end: u32) -> Option<u32> {
         let state = self.lock();
-        let coming = |m: u32| state.present.get(m) || state.inflight.contains_key(&m);
-        let in_order = n.checked_sub(1).is_some_and(coming);
+        let in_order = n.checked_sub(1).is_some_and(|m| state.present_or_coming(m));
         if !in_order || state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
             return None;
         }
         Some(
             (n.saturating_add(1)..end)
-                .find(|&m| !coming(m))
+                .find(|&m| !state.present_or_coming(m))
                 .unwrap_or(end),
         )
     }
@@ -331,7 +335,7 @@ impl Task {
         // its pieces raises the run's place in the origin queue.
         let priority = Arc::new(AtomicU8::new(priority as u8));
         for n in (first..end).take(max as usize) {
-            if state.present.get(n) || state.inflight.contains_key(&n) {
+            if state.present_or_coming(n) {
                 break;
             }
             claims.push(state.claim(n, priority.clone()));
