@@ -460,6 +460,7 @@ impl Engine {
         };
         self.register_existing(&task).await?;
         if command.whole && !task.is_complete() {
+            tracing::debug!(task = %task.id, "a child wants the whole task: streaming it from the origin");
             let engine = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = engine.download_all(&task, Order::Spread).await {

@@ -137,6 +137,7 @@ impl<P: PieceProvider> UploadServer<P> {
         stream.write_all(&header.encode()).await?;
         let started = std::time::Instant::now();
         send_file(stream, &location, &self.limit).await?;
+        tracing::trace!(task = %request.task, piece = request.piece, to = %peer, "piece sent");
         metrics::counter!("dffs_upload_bytes_total").increment(u64::from(location.length));
         metrics::counter!("dffs_upload_pieces_total").increment(1);
         metrics::histogram!("dffs_upload_piece_seconds").record(started.elapsed().as_secs_f64());
