@@ -16,8 +16,8 @@ Usage (as root):
 import argparse
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import statistics
 import subprocess

@@ -106,9 +106,8 @@ impl TransferClock {
     }
 
     fn transfer(&self) -> Duration {
-        self.estimate
-            .unwrap_or(FIRST_TRANSFER_GUESS)
-            .max(Duration::from_millis(1))
+        // Never zero: gaps under `BURST` are not counted.
+        self.estimate.unwrap_or(FIRST_TRANSFER_GUESS)
     }
 }
 
@@ -175,6 +174,8 @@ impl Fanout {
                 (Decision::Redirect(addr), at)
             }
             None => {
+                // `other` is None only where `own` is set; the fallback
+                // keeps this total.
                 let at = own.unwrap_or(now + transfer);
                 self.own_busy_until = Some(at);
                 (Decision::Serve, at)
