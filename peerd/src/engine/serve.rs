@@ -43,6 +43,13 @@ impl PieceProvider for Engine {
             ));
         }
         let is_root = task.lock().is_root;
+        if is_root {
+            // Every in-order ask tops the origin stream up, also one for a
+            // piece already here: once a run lands before the child asks
+            // for its pieces, topping up only on asks for missing pieces
+            // left the stream stalled until the child caught up.
+            super::origin_run::read_ahead(self, &task, n);
+        }
         // A root spreads every piece; another host only what it holds (it
         // cannot answer for a piece it is not getting).
         if is_root || task.has_piece(n) {
@@ -72,7 +79,6 @@ impl PieceProvider for Engine {
                 } else {
                     Priority::Prefetch
                 };
-                super::origin_run::read_ahead(self, &task, n);
                 task.ensure(self, n..n + 1, priority)
                     .await
                     .map_err(|e| refuse(Status::Failed, e.to_string()))?;
