@@ -50,6 +50,8 @@ pub struct Resolved {
     pub content_length: u64,
     pub etag: String,
     pub last_modified: String,
+    /// The origin says it serves byte ranges.
+    pub accepts_ranges: bool,
 }
 
 /// A GET's body, and whether it is the range asked for or the whole object.
@@ -89,7 +91,8 @@ impl Origin {
             .await?;
         if head.status().is_success() {
             if let Some(length) = header_u64(head.headers(), header::CONTENT_LENGTH) {
-                return Ok(resolved(length, head.headers()));
+                let ranges = says_it_serves_ranges(head.headers());
+                return Ok(resolved(length, head.headers(), ranges));
             }
         } else if !matches!(
             head.status(),
@@ -115,7 +118,8 @@ impl Origin {
         let length = length.ok_or_else(|| OriginError::NoLength {
             url: source.url.clone(),
         })?;
-        Ok(resolved(length, response.headers()))
+        let ranges = response.status() == StatusCode::PARTIAL_CONTENT;
+        Ok(resolved(length, response.headers(), ranges))
     }
 
     /// GETs `range` of the task's object.
@@ -204,7 +208,17 @@ fn status_error(url: &str, status: StatusCode) -> OriginError {
     }
 }
 
-fn resolved(content_length: u64, headers: &HeaderMap) -> Resolved {
+/// `Accept-Ranges: bytes` (RFC 9110 §14.3; `none` or no header says no).
+fn says_it_serves_ranges(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_RANGES)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|unit| unit.trim().eq_ignore_ascii_case("bytes"))
+}
+
+fn resolved(content_length: u64, headers: &HeaderMap, accepts_ranges: bool) -> Resolved {
     let text = |name| {
         headers
             .get(name)
@@ -216,6 +230,7 @@ fn resolved(content_length: u64, headers: &HeaderMap) -> Resolved {
         content_length,
         etag: text(header::ETAG),
         last_modified: text(header::LAST_MODIFIED),
+        accepts_ranges,
     }
 }
 
@@ -268,6 +283,17 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn only_a_bytes_unit_in_accept_ranges_says_ranges_are_served() {
+        let says = |v: &str| says_it_serves_ranges(&headers(&[("accept-ranges", v)]));
+        assert!(says("bytes"));
+        assert!(says("Bytes"));
+        assert!(says("none, bytes"));
+        assert!(!says("none"));
+        assert!(!says("bytesize"));
+        assert!(!says_it_serves_ranges(&HeaderMap::new()));
     }
 
     #[test]

@@ -286,10 +286,17 @@ impl Engine {
         let layout = Layout::new(meta.content_length, meta.piece_length)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let file = self.inner.store.create(id, &meta, layout)?;
+        let ranges = meta.accepts_ranges;
         let task = Task::new(id, meta, layout, file, None);
-        let mut tasks = self.tasks_map();
-        let task = tasks.entry(id).or_insert(task).clone();
-        metrics::gauge!("dffs_tasks").set(tasks.len() as f64);
+        let task = {
+            let mut tasks = self.tasks_map();
+            let task = tasks.entry(id).or_insert(task).clone();
+            metrics::gauge!("dffs_tasks").set(tasks.len() as f64);
+            task
+        };
+        if ranges {
+            origin_fetch::learned_ranges_work(self, &task);
+        }
         Ok(task)
     }
 
@@ -303,6 +310,7 @@ impl Engine {
             piece_length: api::piece::piece_length_for(resolved.content_length),
             etag: resolved.etag,
             last_modified: resolved.last_modified,
+            accepts_ranges: resolved.accepts_ranges,
         })
     }
 
@@ -313,28 +321,45 @@ impl Engine {
         id: TaskId,
         source: &TaskSource,
     ) -> Result<TaskMeta, EngineError> {
-        let link = &self.inner.link;
-        match self.resolve(id, source).await {
-            Ok(meta) => {
-                link.report_task_meta(&id, report_task_meta_request::Result::Meta(meta.clone()))
-                    .await
-                    .map_err(|s| EngineError::from_scheduler(&s))?;
-                Ok(meta)
-            }
-            Err(error) => {
-                let report = OriginError {
-                    http_status: match &error {
-                        EngineError::Origin { http_status, .. } => *http_status,
-                        _ => 0,
-                    },
-                    message: error.to_string(),
-                };
-                let _ = link
-                    .report_task_meta(&id, report_task_meta_request::Result::Error(report))
-                    .await;
-                Err(error)
-            }
-        }
+        let meta = self.resolve_or_report(id, source).await?;
+        self.report_meta(id, &meta).await?;
+        Ok(meta)
+    }
+
+    /// Resolves at the origin; a failure is reported to the scheduler,
+    /// whose waiting hosts get it as their answer.
+    async fn resolve_or_report(
+        &self,
+        id: TaskId,
+        source: &TaskSource,
+    ) -> Result<TaskMeta, EngineError> {
+        let error = match self.resolve(id, source).await {
+            Ok(meta) => return Ok(meta),
+            Err(error) => error,
+        };
+        let report = OriginError {
+            http_status: match &error {
+                EngineError::Origin { http_status, .. } => *http_status,
+                _ => 0,
+            },
+            message: error.to_string(),
+        };
+        let _ = self
+            .inner
+            .link
+            .report_task_meta(&id, report_task_meta_request::Result::Error(report))
+            .await;
+        Err(error)
+    }
+
+    /// Tells the scheduler what a resolution found; the hosts waiting on
+    /// the task learn it and their root from this.
+    async fn report_meta(&self, id: TaskId, meta: &TaskMeta) -> Result<(), EngineError> {
+        self.inner
+            .link
+            .report_task_meta(&id, report_task_meta_request::Result::Meta(meta.clone()))
+            .await
+            .map_err(|s| EngineError::from_scheduler(&s))
     }
 
     /// Joins a task this host already holds, telling the scheduler which
@@ -447,6 +472,22 @@ impl Engine {
             .task_id
             .parse()
             .map_err(|e: api::task::TaskError| EngineError::Invalid(e.to_string()))?;
+        // The scheduler sends its commands only to a task's root. The
+        // stream starts before the children learn where to ask: each piece
+        // a child asks for before the stream has claimed it costs the
+        // origin a request of its own, splitting the stream's long runs.
+        let stream = |task: &Arc<Task>| {
+            task.lock().is_root = true;
+            if command.whole && !task.is_complete() {
+                tracing::debug!(task = %task.id, "a child wants the whole task: streaming it from the origin");
+                let (engine, task) = (self.clone(), task.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = engine.download_all(&task, Order::Spread).await {
+                        tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
+                    }
+                });
+            }
+        };
         let task = match (self.task(&id), command.meta) {
             (Some(task), _) => task,
             (None, Some(meta)) => self.insert_new(id, meta)?,
@@ -454,21 +495,15 @@ impl Engine {
                 let source = command
                     .source
                     .ok_or_else(|| EngineError::Invalid("seed command without a source".into()))?;
-                let meta = self.resolve_and_report(id, &source).await?;
-                self.insert_new(id, meta)?
+                let meta = self.resolve_or_report(id, &source).await?;
+                let task = self.insert_new(id, meta)?;
+                stream(&task);
+                self.report_meta(id, &task.meta).await?;
+                return self.register_existing(&task).await;
             }
         };
-        self.register_existing(&task).await?;
-        if command.whole && !task.is_complete() {
-            tracing::debug!(task = %task.id, "a child wants the whole task: streaming it from the origin");
-            let engine = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = engine.download_all(&task, Order::Spread).await {
-                    tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
-                }
-            });
-        }
-        Ok(())
+        stream(&task);
+        self.register_existing(&task).await
     }
 
     /// Persists everything and leaves the cluster.

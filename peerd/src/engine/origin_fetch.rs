@@ -55,18 +55,14 @@ pub(super) async fn fetch(
                 }
                 return Ok(());
             }
-            Body::Whole(response) => {
-                tracing::info!(task = %task.id, "origin ignores Range; streaming the whole object once");
-                task.lock().origin = OriginMode::Streaming;
-                let result = stream_whole(engine, task, response, priority).await;
-                task.lock().origin = OriginMode::Unknown;
-                result?;
-            }
+            Body::Whole(response) => stream_whole_once(engine, task, response, priority).await?,
         }
     }
 }
 
-fn learned_ranges_work(engine: &Engine, task: &Task) {
+/// From now on the task's origin is fetched in ranges, several at a time
+/// and in runs (see `origin_run`).
+pub(super) fn learned_ranges_work(engine: &Engine, task: &Task) {
     let mut state = task.lock();
     if state.origin == OriginMode::Unknown {
         state.origin = OriginMode::Ranged;
@@ -129,6 +125,28 @@ async fn next_chunk(
         ),
         retryable: true,
     })
+}
+
+/// Uses a whole-object answer to a ranged request (the origin ignores
+/// Range) for every piece, unless another fetch already streams the object:
+/// then this answer is dropped and its fetch waits on that stream.
+pub(super) async fn stream_whole_once(
+    engine: &Engine,
+    task: &Arc<Task>,
+    response: reqwest::Response,
+    priority: &'static str,
+) -> Result<(), EngineError> {
+    {
+        let mut state = task.lock();
+        if state.origin == OriginMode::Streaming {
+            return Ok(());
+        }
+        state.origin = OriginMode::Streaming;
+    }
+    tracing::info!(task = %task.id, "origin ignores Range; streaming the whole object once");
+    let result = stream_whole(engine, task, response, priority).await;
+    task.lock().origin = OriginMode::Unknown;
+    result
 }
 
 /// Consumes a whole-object response, storing each piece as it completes.

@@ -52,14 +52,15 @@ pub(super) fn read_ahead(engine: &Engine, task: &Arc<Task>, n: u32) {
         .saturating_add(1)
         .saturating_add(run)
         .min(task.layout.piece_count());
-    let Some(from) = task.run_ahead_from(n, end) else {
+    let Some(gap) = task.run_ahead_gap(n, end) else {
         return;
     };
-    // Runs shorter than a quarter run would each cost a request for little.
-    if end - from < (run / 4).max(1) {
+    // Runs shorter than a quarter run would each cost a request for little;
+    // a short gap between pieces on their way is left to per-piece asks.
+    if gap.len() < (run / 4).max(1) as usize {
         return;
     }
-    let claims = task.claim_run(from, end, run, api::proto::Priority::Prefetch);
+    let claims = task.claim_run(gap.start, gap.end, run, api::proto::Priority::Prefetch);
     if !claims.is_empty() {
         tokio::spawn(fetch(engine.clone(), task.clone(), claims));
     }
@@ -80,13 +81,12 @@ pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
     let mut pending = claims.into_iter().peekable();
     let result = match engine.inner.origin.get(&task.meta, range.clone()).await {
         Ok(Body::Range(response)) => receive(&engine, &task, response, &mut pending, label).await,
-        // Runs start only once the origin has honoured Range; one that
-        // stopped gets per-piece fetches, which know how to stream it.
-        Ok(Body::Whole(_)) => Err(EngineError::Origin {
-            http_status: 200,
-            message: "origin stopped honouring Range".into(),
-            retryable: true,
-        }),
+        // The origin said it serves ranges, or once did, and now sends the
+        // whole object: that one answer serves every piece, and the claims
+        // then find their pieces present.
+        Ok(Body::Whole(response)) => {
+            super::origin_fetch::stream_whole_once(&engine, &task, response, label).await
+        }
         Err(e) => Err(e.into()),
     };
     if let Err(e) = result

@@ -180,23 +180,22 @@ impl Task {
         self.lock().present.get(n)
     }
 
-    /// Where a root should start fetching ahead of a child that asked for
-    /// piece `n`: the first piece after `n`, below `end`, that is neither
-    /// present nor on its way (`end` when there is none). None when the
-    /// child is not reading in order (the piece before `n` is neither), or
-    /// the root has no need to run ahead: the origin has not shown it
-    /// honours Range, or a whole-task download already fetches everything.
-    pub(super) fn run_ahead_from(&self, n: u32, end: u32) -> Option<u32> {
+    /// What a root should fetch ahead of a child that asked for piece `n`:
+    /// the first stretch after `n`, below `end`, of pieces neither present
+    /// nor on their way (empty when there is none). None when the child is
+    /// not reading in order (the piece before `n` is neither), or the root
+    /// has no need to run ahead: the origin has not shown it honours Range,
+    /// or a whole-task download already fetches everything.
+    pub(super) fn run_ahead_gap(&self, n: u32, end: u32) -> Option<std::ops::Range<u32>> {
         let state = self.lock();
         let in_order = n.checked_sub(1).is_some_and(|m| state.present_or_coming(m));
         if !in_order || state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
             return None;
         }
-        Some(
-            (n.saturating_add(1)..end)
-                .find(|&m| !state.present_or_coming(m))
-                .unwrap_or(end),
-        )
+        let missing = |m: &u32| !state.present_or_coming(*m);
+        let from = (n.saturating_add(1)..end).find(missing).unwrap_or(end);
+        let stop = (from..end).find(|m| !missing(m)).unwrap_or(end);
+        Some(from..stop)
     }
 
     pub fn has_all(&self, pieces: std::ops::Range<u32>) -> bool {

@@ -7,6 +7,8 @@
 //! - `/status/CODE` answers with that status (e.g. /status/403).
 //! - `--ignore-range` answers every GET with the whole file (`200`), like
 //!   an origin that does not support ranges.
+//! - `--claim-ranges` still says `Accept-Ranges: bytes` when ignoring
+//!   them, like a misconfigured proxy.
 //! - `--rate BYTES` limits each response to about that many bytes a second.
 //! - `--cut-after BYTES` breaks off every response body after that many
 //!   bytes, like an origin or proxy that drops long transfers.
@@ -33,6 +35,8 @@ struct Args {
     listen: String,
     #[arg(long)]
     ignore_range: bool,
+    #[arg(long)]
+    claim_ranges: bool,
     /// Bytes per second per response, 0 for unlimited.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -161,7 +165,7 @@ async fn serve(
         .status(status)
         .header(header::CONTENT_LENGTH, end - start)
         .header(header::ETAG, &etag);
-    if !origin.args.ignore_range {
+    if !origin.args.ignore_range || origin.args.claim_ranges {
         builder = builder.header(header::ACCEPT_RANGES, "bytes");
     }
     if status == StatusCode::PARTIAL_CONTENT {
@@ -170,6 +174,8 @@ async fn serve(
             format!("bytes {start}-{}/{len}", end - 1),
         );
     }
+    // One line per request, so a failing test's log shows what was asked.
+    println!("{method} {path} bytes {start}-{end} {status}");
     if method == Method::HEAD {
         return builder.body(Body::empty()).expect("valid response");
     }
