@@ -10,6 +10,7 @@ pub mod gc;
 pub mod link;
 mod origin_fetch;
 mod origin_run;
+mod publish;
 mod serve;
 pub mod slots;
 pub mod task;

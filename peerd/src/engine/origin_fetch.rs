@@ -49,7 +49,7 @@ pub(super) async fn fetch(
                 // The next origin request need not wait for the scheduler
                 // to take this piece's digest.
                 drop(permit);
-                if keep(engine, task, n, &bytes).await? {
+                if keep(engine, task, n, &bytes)? {
                     metrics::histogram!("dffs_piece_seconds", "source" => "origin")
                         .record(started.elapsed().as_secs_f64());
                 }
@@ -162,7 +162,7 @@ async fn stream_whole(
         .next_piece(engine, &mut response, url, priority)
         .await?
     {
-        keep(engine, task, n, cutter.piece()).await?;
+        keep(engine, task, n, cutter.piece())?;
     }
     Ok(())
 }
@@ -273,9 +273,9 @@ async fn next_counted_chunk(
 
 /// Stores a piece fetched from the origin and tells the scheduler. Returns
 /// false when the piece was already present (a concurrent fetch won).
-pub(super) async fn keep(
+pub(super) fn keep(
     engine: &Engine,
-    task: &Task,
+    task: &Arc<Task>,
     n: u32,
     bytes: &[u8],
 ) -> Result<bool, EngineError> {
@@ -285,29 +285,20 @@ pub(super) async fn keep(
     }
     tracing::trace!(task = %task.id, piece = n, "piece fetched from the origin");
     metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
-    publish(engine, task, vec![(n, digest)]).await;
+    publish(engine, task, vec![(n, digest)]);
     Ok(true)
 }
 
 /// Tells the scheduler about pieces fetched from the origin. A root's
-/// digests are sent at once and awaited, since children verify against
-/// them; a host that is not the root may not publish digests.
-async fn publish(engine: &Engine, task: &Task, pieces: Vec<(u32, PieceDigest)>) {
-    let link = &engine.inner.link;
+/// digests go out at once, since children verify against them, and the
+/// upload server holds each piece until its report is acknowledged (see
+/// `publish`); a host that is not the root may not publish digests.
+fn publish(engine: &Engine, task: &Arc<Task>, pieces: Vec<(u32, PieceDigest)>) {
     if task.lock().is_root {
-        let digests = pieces
-            .iter()
-            .map(|(n, d)| proto::PieceDigest {
-                number: *n,
-                blake3: d.0.to_vec(),
-            })
-            .collect();
-        if let Err(e) = link.report_digests(&task.id, digests).await {
-            tracing::warn!(task = %task.id, "cannot report digests; children cannot verify these pieces yet: {}", e.message());
-        }
+        super::publish::queue(engine, task, &pieces);
     } else {
         for (n, _) in pieces {
-            link.report_piece_later(task.id, n);
+            engine.inner.link.report_piece_later(task.id, n);
         }
     }
 }

@@ -115,7 +115,7 @@ async fn receive(
     while let Some(n) = cutter.next_piece(engine, &mut response, url, label).await? {
         let claim = pending.next().expect("a claim for every piece of the run");
         debug_assert_eq!(claim.n, n);
-        let result = keep(engine, task, n, cutter.piece()).await.map(drop);
+        let result = keep(engine, task, n, cutter.piece()).map(drop);
         task.finish_fetch(n);
         claim.done.send_replace(Some(result.clone()));
         result?;

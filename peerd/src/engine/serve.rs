@@ -89,6 +89,10 @@ impl PieceProvider for Engine {
                 ));
             }
         }
+        if is_root {
+            // Children verify against the digest this root reports.
+            task.publisher.wait_reported(n).await;
+        }
         let range = task.layout.piece_range(n);
         Ok(PieceLocation {
             file: task.file.clone(),

@@ -34,6 +34,8 @@ pub struct Task {
     /// at one, until the origin shows it honours Range, so an origin that
     /// ignores Range is not asked for the whole object several times at once.
     pub(super) origin_gate: Arc<super::slots::Slots>,
+    /// Digests this host, as root, has yet to report (see `publish`).
+    pub(super) publisher: super::publish::Publisher,
 }
 
 /// A parent as last described by the scheduler.
@@ -165,6 +167,7 @@ impl Task {
             capacity: tokio::sync::Notify::new(),
             refresh: tokio::sync::Mutex::new(()),
             origin_gate: super::slots::Slots::new(1),
+            publisher: Default::default(),
         })
     }
 
