@@ -244,7 +244,11 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
                 shutil.copy(work / f"h{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-h{h}.log")
                 if (work / f"dffs{h}.log").exists():
                     shutil.copy(work / f"dffs{h}.log", Path(tempfile.gettempdir()) / f"fanout-{scenario}-n{n}-dffs{h}.log")
-        verified = sum(1 for h in run.hosts if codes[h] == 0 and sha256(run.out(h)) == expected)
+        failed = [h for h in run.hosts if codes[h] != 0 or sha256(run.out(h)) != expected]
+        for h in failed:
+            tail = (work / f"c{h}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            print(f"    host {h} failed (exit {codes[h]}): " + " / ".join(tail), flush=True)
+        verified = len(run.hosts) - len(failed)
     finally:
         run.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -498,8 +498,11 @@ impl Engine {
                     .ok_or_else(|| EngineError::Invalid("seed command without a source".into()))?;
                 let meta = self.resolve_or_report(id, &source).await?;
                 let task = self.insert_new(id, meta)?;
+                publish::hold(&task);
                 stream(&task);
-                self.report_meta(id, &task.meta).await?;
+                let reported = self.report_meta(id, &task.meta).await;
+                publish::release(self, &task);
+                reported?;
                 return self.register_existing(&task).await;
             }
         };

@@ -84,6 +84,18 @@ impl Publisher {
     }
 }
 
+/// Holds reports back until `release`. A root that fetches before it has
+/// reported the task's metadata must: the scheduler sizes a task's digest
+/// table from its metadata, and refuses digests that come first.
+pub(super) fn hold(task: &Task) {
+    task.publisher.lock().sending = true;
+}
+
+/// Ends a `hold`, reporting whatever queued meanwhile.
+pub(super) fn release(engine: &Engine, task: &Arc<Task>) {
+    tokio::spawn(send(engine.clone(), task.clone()));
+}
+
 /// Queues digests of pieces this root fetched from the origin and makes
 /// sure a report is on its way.
 pub(super) fn queue(engine: &Engine, task: &Arc<Task>, pieces: &[(u32, PieceDigest)]) {
