@@ -63,6 +63,26 @@ impl Publisher {
         }
     }
 
+    /// Marks a report in flight, so that queued digests wait for the
+    /// sender that `release` starts.
+    fn hold(&self) {
+        self.lock().sending = true;
+    }
+
+    /// Queues digests; true when no report is in flight (or held), so the
+    /// caller must start one.
+    fn push(&self, pieces: &[(u32, PieceDigest)]) -> bool {
+        let mut pending = self.lock();
+        for (n, digest) in pieces {
+            pending.unreported.insert(*n);
+            pending.queue.push(proto::PieceDigest {
+                number: *n,
+                blake3: digest.0.to_vec(),
+            });
+        }
+        !std::mem::replace(&mut pending.sending, true)
+    }
+
     /// The queued digests, marking a report in flight; None (and no report
     /// in flight) when nothing is queued.
     fn take(&self) -> Option<Vec<proto::PieceDigest>> {
@@ -88,7 +108,7 @@ impl Publisher {
 /// reported the task's metadata must: the scheduler sizes a task's digest
 /// table from its metadata, and refuses digests that come first.
 pub(super) fn hold(task: &Task) {
-    task.publisher.lock().sending = true;
+    task.publisher.hold();
 }
 
 /// Ends a `hold`, reporting whatever queued meanwhile.
@@ -99,18 +119,7 @@ pub(super) fn release(engine: &Engine, task: &Arc<Task>) {
 /// Queues digests of pieces this root fetched from the origin and makes
 /// sure a report is on its way.
 pub(super) fn queue(engine: &Engine, task: &Arc<Task>, pieces: &[(u32, PieceDigest)]) {
-    let start = {
-        let mut pending = task.publisher.lock();
-        for (n, digest) in pieces {
-            pending.unreported.insert(*n);
-            pending.queue.push(proto::PieceDigest {
-                number: *n,
-                blake3: digest.0.to_vec(),
-            });
-        }
-        !std::mem::replace(&mut pending.sending, true)
-    };
-    if start {
+    if task.publisher.push(pieces) {
         tokio::spawn(send(engine.clone(), task.clone()));
     }
 }
@@ -131,5 +140,54 @@ async fn send(engine: Engine, task: Arc<Task>) {
         }
         tracing::trace!(task = %task.id, pieces = batch.len(), us = started.elapsed().as_micros() as u64, "digests reported");
         task.publisher.done(&batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn digest(n: u32) -> (u32, PieceDigest) {
+        (n, PieceDigest::of(&n.to_le_bytes()))
+    }
+
+    async fn reported_within(publisher: &Publisher, n: u32, limit: Duration) -> bool {
+        tokio::time::timeout(limit, publisher.wait_reported(n))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_piece_waits_until_its_report_is_acknowledged() {
+        let publisher = Publisher::default();
+        assert!(reported_within(&publisher, 5, Duration::ZERO).await);
+        assert!(
+            publisher.push(&[digest(5)]),
+            "the first push starts a report"
+        );
+        assert!(!publisher.push(&[digest(6)]), "one report at a time");
+        assert!(!reported_within(&publisher, 5, Duration::from_millis(20)).await);
+        let batch = publisher.take().expect("two digests queued");
+        assert_eq!(batch.iter().map(|d| d.number).collect::<Vec<_>>(), [5, 6]);
+        assert!(!reported_within(&publisher, 6, Duration::from_millis(20)).await);
+        publisher.done(&batch);
+        assert!(reported_within(&publisher, 5, Duration::from_millis(20)).await);
+        assert!(reported_within(&publisher, 6, Duration::from_millis(20)).await);
+        assert!(publisher.take().is_none(), "nothing left, the sender stops");
+        assert!(
+            publisher.push(&[digest(7)]),
+            "the next push starts one again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_publisher_starts_no_report() {
+        let publisher = Publisher::default();
+        publisher.hold();
+        assert!(!publisher.push(&[digest(1)]));
+        // `release` starts the sender, which finds what queued meanwhile.
+        let batch = publisher.take().expect("queued while held");
+        assert_eq!(batch[0].number, 1);
     }
 }
