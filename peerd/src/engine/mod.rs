@@ -473,40 +473,39 @@ impl Engine {
             .task_id
             .parse()
             .map_err(|e: api::task::TaskError| EngineError::Invalid(e.to_string()))?;
-        // The scheduler sends its commands only to a task's root. The
-        // stream starts before the children learn where to ask: each piece
-        // a child asks for before the stream has claimed it costs the
-        // origin a request of its own, splitting the stream's long runs.
-        let stream = |task: &Arc<Task>| {
-            task.lock().is_root = true;
-            if command.whole && !task.is_complete() {
-                tracing::debug!(task = %task.id, "a child wants the whole task: streaming it from the origin");
-                let (engine, task) = (self.clone(), task.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = engine.download_all(&task, Order::Spread).await {
-                        tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
-                    }
-                });
-            }
-        };
-        let task = match (self.task(&id), command.meta) {
-            (Some(task), _) => task,
-            (None, Some(meta)) => self.insert_new(id, meta)?,
+        let (task, resolved_here) = match (self.task(&id), command.meta) {
+            (Some(task), _) => (task, false),
+            (None, Some(meta)) => (self.insert_new(id, meta)?, false),
             (None, None) => {
                 let source = command
                     .source
                     .ok_or_else(|| EngineError::Invalid("seed command without a source".into()))?;
                 let meta = self.resolve_or_report(id, &source).await?;
-                let task = self.insert_new(id, meta)?;
-                publish::hold(&task);
-                stream(&task);
-                let reported = self.report_meta(id, &task.meta).await;
-                publish::release(self, &task);
-                reported?;
-                return self.register_existing(&task).await;
+                (self.insert_new(id, meta)?, true)
             }
         };
-        stream(&task);
+        // The scheduler sends its commands only to a task's root. A task
+        // resolved here streams before the children learn where to ask:
+        // each piece a child asks for before the stream has claimed it
+        // costs the origin a request of its own, splitting the long runs.
+        task.lock().is_root = true;
+        if resolved_here {
+            task.publisher.hold();
+        }
+        if command.whole && !task.is_complete() {
+            tracing::debug!(task = %task.id, "a child wants the whole task: streaming it from the origin");
+            let (engine, task) = (self.clone(), task.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.download_all(&task, Order::Spread).await {
+                    tracing::warn!(task = %task.id, "seed fetch of the whole task failed: {e}");
+                }
+            });
+        }
+        if resolved_here {
+            let reported = self.report_meta(id, &task.meta).await;
+            publish::release(self, &task);
+            reported?;
+        }
         self.register_existing(&task).await
     }
 

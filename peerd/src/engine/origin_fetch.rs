@@ -46,8 +46,8 @@ pub(super) async fn fetch(
                     priority,
                 )
                 .await?;
-                // The next origin request need not wait for the scheduler
-                // to take this piece's digest.
+                // The next origin request need not wait for this piece to
+                // be stored.
                 drop(permit);
                 if keep(engine, task, n, &bytes)? {
                     metrics::histogram!("dffs_piece_seconds", "source" => "origin")
@@ -285,7 +285,7 @@ pub(super) fn keep(
     }
     tracing::trace!(task = %task.id, piece = n, "piece fetched from the origin");
     metrics::counter!("dffs_download_pieces_total", "source" => "origin").increment(1);
-    publish(engine, task, vec![(n, digest)]);
+    publish(engine, task, n, digest);
     Ok(true)
 }
 
@@ -293,13 +293,11 @@ pub(super) fn keep(
 /// digests go out at once, since children verify against them, and the
 /// upload server holds each piece until its report is acknowledged (see
 /// `publish`); a host that is not the root may not publish digests.
-fn publish(engine: &Engine, task: &Arc<Task>, pieces: Vec<(u32, PieceDigest)>) {
+fn publish(engine: &Engine, task: &Arc<Task>, n: u32, digest: PieceDigest) {
     if task.lock().is_root {
-        super::publish::queue(engine, task, &pieces);
+        super::publish::queue(engine, task, n, digest);
     } else {
-        for (n, _) in pieces {
-            engine.inner.link.report_piece_later(task.id, n);
-        }
+        engine.inner.link.report_piece_later(task.id, n);
     }
 }
 

@@ -63,23 +63,23 @@ impl Publisher {
         }
     }
 
-    /// Marks a report in flight, so that queued digests wait for the
-    /// sender that `release` starts.
-    fn hold(&self) {
+    /// Holds reports back until `release`, by marking one in flight. A root
+    /// that fetches before it has reported the task's metadata must: the
+    /// scheduler sizes a task's digest table from its metadata, and refuses
+    /// digests that come first.
+    pub(super) fn hold(&self) {
         self.lock().sending = true;
     }
 
-    /// Queues digests; true when no report is in flight (or held), so the
+    /// Queues a digest; true when no report is in flight (or held), so the
     /// caller must start one.
-    fn push(&self, pieces: &[(u32, PieceDigest)]) -> bool {
+    fn push(&self, n: u32, digest: PieceDigest) -> bool {
         let mut pending = self.lock();
-        for (n, digest) in pieces {
-            pending.unreported.insert(*n);
-            pending.queue.push(proto::PieceDigest {
-                number: *n,
-                blake3: digest.0.to_vec(),
-            });
-        }
+        pending.unreported.insert(n);
+        pending.queue.push(proto::PieceDigest {
+            number: n,
+            blake3: digest.0.to_vec(),
+        });
         !std::mem::replace(&mut pending.sending, true)
     }
 
@@ -94,32 +94,25 @@ impl Publisher {
         Some(std::mem::take(&mut pending.queue))
     }
 
-    fn done(&self, batch: &[proto::PieceDigest]) {
+    fn done(&self, pieces: &[u32]) {
         let mut pending = self.lock();
-        for digest in batch {
-            pending.unreported.remove(&digest.number);
+        for n in pieces {
+            pending.unreported.remove(n);
         }
         drop(pending);
         self.reported.send_modify(|count| *count += 1);
     }
 }
 
-/// Holds reports back until `release`. A root that fetches before it has
-/// reported the task's metadata must: the scheduler sizes a task's digest
-/// table from its metadata, and refuses digests that come first.
-pub(super) fn hold(task: &Task) {
-    task.publisher.hold();
-}
-
-/// Ends a `hold`, reporting whatever queued meanwhile.
+/// Ends a `Publisher::hold`, reporting whatever queued meanwhile.
 pub(super) fn release(engine: &Engine, task: &Arc<Task>) {
     tokio::spawn(send(engine.clone(), task.clone()));
 }
 
-/// Queues digests of pieces this root fetched from the origin and makes
-/// sure a report is on its way.
-pub(super) fn queue(engine: &Engine, task: &Arc<Task>, pieces: &[(u32, PieceDigest)]) {
-    if task.publisher.push(pieces) {
+/// Queues the digest of a piece this root fetched from the origin and
+/// makes sure a report is on its way.
+pub(super) fn queue(engine: &Engine, task: &Arc<Task>, n: u32, digest: PieceDigest) {
+    if task.publisher.push(n, digest) {
         tokio::spawn(send(engine.clone(), task.clone()));
     }
 }
@@ -129,17 +122,13 @@ pub(super) fn queue(engine: &Engine, task: &Arc<Task>, pieces: &[(u32, PieceDige
 /// finds no digest for one does not take it.
 async fn send(engine: Engine, task: Arc<Task>) {
     while let Some(batch) = task.publisher.take() {
+        let pieces: Vec<u32> = batch.iter().map(|d| d.number).collect();
         let started = Instant::now();
-        if let Err(e) = engine
-            .inner
-            .link
-            .report_digests(&task.id, batch.clone())
-            .await
-        {
+        if let Err(e) = engine.inner.link.report_digests(&task.id, batch).await {
             tracing::warn!(task = %task.id, "cannot report digests; children cannot verify these pieces yet: {}", e.message());
         }
-        tracing::trace!(task = %task.id, pieces = batch.len(), us = started.elapsed().as_micros() as u64, "digests reported");
-        task.publisher.done(&batch);
+        tracing::trace!(task = %task.id, pieces = pieces.len(), us = started.elapsed().as_micros() as u64, "digests reported");
+        task.publisher.done(&pieces);
     }
 }
 
@@ -148,8 +137,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn digest(n: u32) -> (u32, PieceDigest) {
-        (n, PieceDigest::of(&n.to_le_bytes()))
+    fn digest(n: u32) -> PieceDigest {
+        PieceDigest::of(&n.to_le_bytes())
     }
 
     async fn reported_within(publisher: &Publisher, n: u32, limit: Duration) -> bool {
@@ -163,20 +152,20 @@ mod tests {
         let publisher = Publisher::default();
         assert!(reported_within(&publisher, 5, Duration::ZERO).await);
         assert!(
-            publisher.push(&[digest(5)]),
+            publisher.push(5, digest(5)),
             "the first push starts a report"
         );
-        assert!(!publisher.push(&[digest(6)]), "one report at a time");
+        assert!(!publisher.push(6, digest(6)), "one report at a time");
         assert!(!reported_within(&publisher, 5, Duration::from_millis(20)).await);
         let batch = publisher.take().expect("two digests queued");
         assert_eq!(batch.iter().map(|d| d.number).collect::<Vec<_>>(), [5, 6]);
         assert!(!reported_within(&publisher, 6, Duration::from_millis(20)).await);
-        publisher.done(&batch);
+        publisher.done(&[5, 6]);
         assert!(reported_within(&publisher, 5, Duration::from_millis(20)).await);
         assert!(reported_within(&publisher, 6, Duration::from_millis(20)).await);
         assert!(publisher.take().is_none(), "nothing left, the sender stops");
         assert!(
-            publisher.push(&[digest(7)]),
+            publisher.push(7, digest(7)),
             "the next push starts one again"
         );
     }
@@ -185,7 +174,7 @@ mod tests {
     async fn a_held_publisher_starts_no_report() {
         let publisher = Publisher::default();
         publisher.hold();
-        assert!(!publisher.push(&[digest(1)]));
+        assert!(!publisher.push(1, digest(1)));
         // `release` starts the sender, which finds what queued meanwhile.
         let batch = publisher.take().expect("queued while held");
         assert_eq!(batch[0].number, 1);
