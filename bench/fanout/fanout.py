@@ -59,8 +59,11 @@ def mounted(path):
 class Run:
     """One scenario at one N on a testbed."""
 
-    def __init__(self, tb, bins, work, n, url):
+    def __init__(self, tb, bins, work, n, url, out_dir=None):
         self.tb, self.bins, self.work, self.n, self.url = tb, bins, work, n, url
+        # Where the clients write their copies: the work directory unless
+        # told otherwise (--out-dir).
+        self.out_dir = out_dir or work
         self.hosts = list(range(2, n + 2))
         self.mounts = []
         self.daemons = []
@@ -97,7 +100,7 @@ class Run:
         return self.work / f"h{h}" / "peerd.sock"
 
     def out(self, h):
-        return self.work / f"h{h}.out" if h >= 2 else None
+        return self.out_dir / f"{self.work.name}-h{h}.out" if h >= 2 else None
 
     def clients(self, scenario):
         """Starts one client per host; returns (host, Popen) pairs."""
@@ -214,9 +217,44 @@ class Timeline:
                   f"        {peers_up / self.size:6.2f}", flush=True)
 
 
-def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit):
+class CpuIdle:
+    """The machine's idle share while a scenario runs: its average and its
+    busiest second. At 0% the 2 cores, not the emulated links, set the pace,
+    and a result says more about the machine than about the product."""
+
+    def __init__(self):
+        self.samples = [(time.monotonic(), self.read())]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def read():
+        """(idle, total) jiffies of all CPUs; iowait counts as idle."""
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        return fields[3] + fields[4], sum(fields)
+
+    def sample(self):
+        while not self.stop.wait(0.5):
+            self.samples.append((time.monotonic(), self.read()))
+
+    def finish(self):
+        """(average idle %, idle % of the busiest second)."""
+        self.stop.set()
+        self.thread.join()
+        self.samples.append((time.monotonic(), self.read()))
+
+        def idle(a, b):
+            (_, (i0, t0)), (_, (i1, t1)) = a, b
+            return 100.0 * (i1 - i0) / max(t1 - t0, 1)
+        busiest = min((idle(a, b) for a, b in zip(self.samples, self.samples[2:])), default=idle(self.samples[0], self.samples[-1]))
+        return idle(self.samples[0], self.samples[-1]), busiest
+
+
+def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit, out_dir=None):
     work = Path(tempfile.mkdtemp(prefix=f"{scenario}-n{n}-", dir=base))
-    run = Run(tb, bins, work, n, url)
+    run = Run(tb, bins, work, n, url, out_dir)
     try:
         if scenario != "curl":
             run.start_cluster()
@@ -228,6 +266,7 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         if timeline:
             print(f"    clients start at {time.strftime('%H:%M:%S', time.gmtime())}.{int(time.time() % 1 * 1000):03d} UTC",
                   flush=True)
+        cpu = CpuIdle()
         clients = run.clients(scenario)
         ends, codes = {}, {}
         while len(ends) < len(clients):
@@ -235,6 +274,7 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
                 if h not in ends and p.poll() is not None:
                     ends[h], codes[h] = time.monotonic() - t0, p.returncode
             time.sleep(0.01)
+        idle_avg, idle_min = cpu.finish()
         served = json.loads(run.origin("_stats"))["bytes_served"]
         if os.environ.get("DFFS_FANOUT_DEBUG") and scenario != "curl":
             debug_report(run, size)
@@ -251,6 +291,8 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         verified = len(run.hosts) - len(failed)
     finally:
         run.close()
+        for h in run.hosts:
+            run.out(h).unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
         # The next scenario must not pay for this one's writeback: 2 cores
         # carry every host (dffs at N=24 gave 1.47 at the end of a full
@@ -264,6 +306,7 @@ def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, or
         "scenario": scenario, "n": n, "size_mib": size // MIB, "link_mbit": link_mbit,
         "first": times[0], "median": statistics.median(times), "last": times[-1], "bound": bound,
         "last_over_bound": times[-1] / bound, "origin_copies": served / size, "verified": verified,
+        "idle_avg": idle_avg, "idle_min": idle_min,
     }
 
 
@@ -303,6 +346,9 @@ def main():
     ap.add_argument("--scenarios", default="dfget,dffs,curl")
     ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
     ap.add_argument("--plot", help="write a PNG plot here")
+    ap.add_argument("--out-dir", type=Path,
+                    help="where every host's client writes its copy (default: the run's work directory, on disk); "
+                         "a tmpfs here takes the writeback of N copies off the shared cores")
     ap.add_argument("--no-offloads", action="store_true", help="turn segmentation offloads off on every veth")
     ap.add_argument("--queue-ms", type=int, default=100, help="tbf queue of every link, in ms of traffic")
     ap.add_argument("--mtu", type=int, default=9000,
@@ -326,7 +372,7 @@ def main():
     expected = sha256(data)
     results = []
     print(f"{'scenario':8} {'N':>3} {'MiB':>5} {'Mbit':>5} {'first':>7} {'median':>7} {'last':>7} {'bound':>6} "
-          f"{'last/bound':>10} {'origin':>7} {'verified':>8}", flush=True)
+          f"{'last/bound':>10} {'origin':>7} {'verified':>8} {'cpu idle avg/min':>16}", flush=True)
     try:
         for n in counts:
             with Testbed(n + 2, args.link_mbit, origin_mbit, offloads=not args.no_offloads,
@@ -338,11 +384,13 @@ def main():
                                                     capture_output=True).returncode == 0)
                 url = f"http://{tb.ip(0)}:{ORIGIN_PORT}/file.bin"
                 for s in scenarios:
-                    r = run_scenario(tb, bins, base, s, n, size, expected, url, args.link_mbit, origin_mbit)
+                    r = run_scenario(tb, bins, base, s, n, size, expected, url, args.link_mbit, origin_mbit,
+                                     args.out_dir)
                     results.append(r)
                     print(f"{s:8} {n:>3} {r['size_mib']:>5} {args.link_mbit:>5} {r['first']:>6.1f}s {r['median']:>6.1f}s "
                           f"{r['last']:>6.1f}s {r['bound']:>5.1f}s {r['last_over_bound']:>10.2f} "
-                          f"{r['origin_copies']:>7.2f} {r['verified']:>5}/{n}", flush=True)
+                          f"{r['origin_copies']:>7.2f} {r['verified']:>5}/{n} {r['idle_avg']:>9.0f}% / {r['idle_min']:.0f}%",
+                          flush=True)
                 tb.kill(origin)
     finally:
         shutil.rmtree(base, ignore_errors=True)
