@@ -223,7 +223,7 @@ class CpuIdle:
     and a result says more about the machine than about the product."""
 
     def __init__(self):
-        self.samples = [(time.monotonic(), self.read())]
+        self.samples = [self.read()]  # one every 0.5 s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
@@ -235,21 +235,23 @@ class CpuIdle:
             fields = [int(x) for x in f.readline().split()[1:9]]
         return fields[3] + fields[4], sum(fields)
 
+    @staticmethod
+    def idle(a, b):
+        """Idle percent between samples a and b."""
+        return 100.0 * (b[0] - a[0]) / max(b[1] - a[1], 1)
+
     def sample(self):
         while not self.stop.wait(0.5):
-            self.samples.append((time.monotonic(), self.read()))
+            self.samples.append(self.read())
 
     def finish(self):
         """(average idle %, idle % of the busiest second)."""
         self.stop.set()
         self.thread.join()
-        self.samples.append((time.monotonic(), self.read()))
-
-        def idle(a, b):
-            (_, (i0, t0)), (_, (i1, t1)) = a, b
-            return 100.0 * (i1 - i0) / max(t1 - t0, 1)
-        busiest = min((idle(a, b) for a, b in zip(self.samples, self.samples[2:])), default=idle(self.samples[0], self.samples[-1]))
-        return idle(self.samples[0], self.samples[-1]), busiest
+        self.samples.append(self.read())
+        average = self.idle(self.samples[0], self.samples[-1])
+        seconds = [self.idle(a, b) for a, b in zip(self.samples, self.samples[2:])]
+        return average, min(seconds, default=average)
 
 
 def run_scenario(tb, bins, base, scenario, n, size, expected, url, link_mbit, origin_mbit, out_dir=None):
