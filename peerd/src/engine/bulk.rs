@@ -45,12 +45,12 @@ const IN_ORDER_REGION: u32 = 32;
 /// short step keeps the download just ahead of the reader, while in a
 /// swarm every host would otherwise want the same few pieces at once.
 /// With 64 pieces a step, 24 hosts on 100 Mbit/s links took 1.33 times the
-/// line-rate bound; with 64 per parent, 1.27 (random order: 1.29). With 32
-/// per parent, `cp` through dffs finished at 1.24-1.34 (median 1.27) where
-/// 64 per parent gave 1.27-1.41 (median 1.31), in seven interleaved pairs:
-/// presumably because a narrower step keeps each reader's next pieces
-/// nearer the front of the swarm, so less is left to copy when the last
-/// piece lands.
+/// line-rate bound; with 64 per parent, 1.27 (random order: 1.29). 32 per
+/// parent did a little better for `cp` through dffs: in twelve interleaved
+/// pairs it was 0.03 faster on average (better in 8, worse in 3), though
+/// single runs vary by about as much. A narrower step keeps each reader's
+/// next pieces nearer the front of the swarm, so less is left to copy
+/// when the last piece lands.
 fn in_order_region(parents: usize) -> u32 {
     IN_ORDER_REGION.saturating_mul(u32::try_from(parents.max(1)).unwrap_or(u32::MAX))
 }
