@@ -38,19 +38,14 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// Pieces per parent that an in-order download treats as one step: within
 /// a step, order is random, so hosts reading in step still fetch different
 /// pieces and trade them.
-const IN_ORDER_REGION: u32 = 32;
+const IN_ORDER_REGION: u32 = 64;
 
 /// The step of an in-order download with `parents` usable parents. It
 /// grows with the parents: with one parent (a reader on a fast link) a
 /// short step keeps the download just ahead of the reader, while in a
 /// swarm every host would otherwise want the same few pieces at once.
 /// With 64 pieces a step, 24 hosts on 100 Mbit/s links took 1.33 times the
-/// line-rate bound; with 64 per parent, 1.27 (random order: 1.29). 32 per
-/// parent did a little better for `cp` through dffs: in twelve interleaved
-/// pairs it was 0.03 faster on average (better in 8, worse in 3), though
-/// single runs vary by about as much. A narrower step keeps each reader's
-/// next pieces nearer the front of the swarm, so less is left to copy
-/// when the last piece lands.
+/// line-rate bound; with a step per parent, 1.27 (random order: 1.29).
 fn in_order_region(parents: usize) -> u32 {
     IN_ORDER_REGION.saturating_mul(u32::try_from(parents.max(1)).unwrap_or(u32::MAX))
 }
@@ -456,8 +451,8 @@ mod tests {
             in_order.iter().all(|&n| n < IN_ORDER_REGION),
             "an in-order download planned pieces past its first region: {in_order:?}"
         );
-        // 32 picks at random from 1024 all land in the first 32 with
-        // probability about 1e-60.
+        // 32 picks at random from 1024 all land in the first 64 with
+        // probability about 1e-39.
         let spread = first_planned(Order::Spread, 1);
         assert!(
             spread.iter().any(|&n| n >= IN_ORDER_REGION),
@@ -467,8 +462,8 @@ mod tests {
 
     #[test]
     fn an_in_order_step_grows_with_the_parents() {
-        // Four parents: a step of 128 pieces. 32 picks from it all land in
-        // the first 32 with probability about 1e-30.
+        // Four parents: a step of 256 pieces. 32 picks from it all land in
+        // the first 64 with probability about 1e-19.
         let planned = first_planned(Order::InOrder, 4);
         assert_eq!(planned.len(), 32);
         assert!(
