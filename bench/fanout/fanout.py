@@ -184,52 +184,69 @@ def debug_report(run, size):
               f"drops up/down, TCP {link_losses(run.tb, h)}", flush=True)
 
 
-class Timeline:
+class Sampler:
+    """Calls `take` every `every` seconds on a background thread and keeps
+    what it returns in `rows`, until `halt`."""
+
+    def __init__(self, every):
+        self.rows = []
+        self.every = every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self.stop.wait(self.every):
+            self.rows.append(self.take())
+
+    def take(self):
+        raise NotImplementedError
+
+    def halt(self):
+        self.stop.set()
+        self.thread.join()
+
+
+class Timeline(Sampler):
     """Samples, once a second, the seed's origin and upload bytes and the
     download and upload bytes of two peers, to show whether the seed or the
     swarm holds the run back."""
 
     def __init__(self, run, size):
-        self.run, self.size, self.rows = run, size, []
-        self.stop = threading.Event()
+        self.run, self.size = run, size
         self.t0 = time.monotonic()
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
+        super().__init__(1.0)
 
-    def sample(self):
+    def take(self):
         def total(m, prefix, label=""):
             return sum(v for k, v in m.items() if k.startswith(prefix) and label in k)
-        while not self.stop.wait(1.0):
-            seed = metrics_of(self.run.tb, 1)
-            # Two peers only: sampling every host would load the machine.
-            peers = [metrics_of(self.run.tb, h) for h in (self.run.hosts[0], self.run.hosts[-1])]
-            got = [total(m, "dffs_download_bytes_total") / self.size for m in peers]
-            self.rows.append((time.monotonic() - self.t0, total(seed, "dffs_download_bytes_total", 'source="origin"'),
-                              total(seed, "dffs_upload_bytes_total"), min(got), sum(got) / len(got),
-                              sum(total(m, "dffs_upload_bytes_total") for m in peers)))
+        seed = metrics_of(self.run.tb, 1)
+        # Two peers only: sampling every host would load the machine.
+        peers = [metrics_of(self.run.tb, h) for h in (self.run.hosts[0], self.run.hosts[-1])]
+        got = [total(m, "dffs_download_bytes_total") / self.size for m in peers]
+        return (time.monotonic() - self.t0, total(seed, "dffs_download_bytes_total", 'source="origin"'),
+                total(seed, "dffs_upload_bytes_total"), min(got), sum(got) / len(got),
+                sum(total(m, "dffs_upload_bytes_total") for m in peers))
 
     def report(self):
-        self.stop.set()
-        self.thread.join()
+        self.halt()
         print("      t    seed<-origin  seed->up  2 peers min/mean done  2 peers up (copies)", flush=True)
         for t, origin, up, low, mean, peers_up in self.rows:
             print(f"    {t:5.1f}s   {origin / self.size:6.2f}    {up / self.size:6.2f}     {low:5.2f} / {mean:5.2f}"
                   f"        {peers_up / self.size:6.2f}", flush=True)
 
 
-class CpuIdle:
+class CpuIdle(Sampler):
     """The machine's idle share while a scenario runs: its average and its
     busiest second. At 0% the 2 cores, not the emulated links, set the pace,
     and a result says more about the machine than about the product."""
 
     def __init__(self):
-        self.samples = [self.read()]  # one every 0.5 s
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
+        self.first = self.take()
+        super().__init__(0.5)
 
     @staticmethod
-    def read():
+    def take():
         """(idle, total) jiffies of all CPUs; iowait counts as idle."""
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:9]]
@@ -240,17 +257,12 @@ class CpuIdle:
         """Idle percent between samples a and b."""
         return 100.0 * (b[0] - a[0]) / max(b[1] - a[1], 1)
 
-    def sample(self):
-        while not self.stop.wait(0.5):
-            self.samples.append(self.read())
-
     def finish(self):
         """(average idle %, idle % of the busiest second)."""
-        self.stop.set()
-        self.thread.join()
-        self.samples.append(self.read())
-        average = self.idle(self.samples[0], self.samples[-1])
-        seconds = [self.idle(a, b) for a, b in zip(self.samples, self.samples[2:])]
+        self.halt()
+        samples = [self.first, *self.rows, self.take()]  # 0.5 s apart
+        average = self.idle(samples[0], samples[-1])
+        seconds = [self.idle(a, b) for a, b in zip(samples, samples[2:])]
         return average, min(seconds, default=average)
 
 
