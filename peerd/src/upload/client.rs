@@ -22,6 +22,14 @@ const FIRST_BYTE: Duration = Duration::from_secs(60);
 /// still in the CPU's cache, which at GB/s costs a fraction of hashing a
 /// whole piece after it has left it.
 const HASH_STEP: usize = 128 * 1024;
+/// Bytes the kernel queues on a piece's connection before it wakes the
+/// reader. A rate-shaped link delivers a piece one packet at a time, and a
+/// wake-up per packet (an epoll return, a task poll and a recv each) is
+/// paid by every host for every piece: in a 24-host fan-out sharing 2
+/// cores, this mark took the peerds from 1.30-1.34 cores to 1.19-1.22.
+/// It stays well under the 128 KiB a receive buffer starts with: a larger
+/// mark makes Linux grow the buffer and clamp the advertised window to it.
+const WAKE_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -176,12 +184,63 @@ async fn exchange(
     }
     let step = if limit.is_limited() { CHUNK } else { HASH_STEP };
     let mut hasher = PieceHasher::default();
+    let mut wake = WakeMark::KERNEL_DEFAULT;
+    let mut left = dest.len();
     for chunk in dest.chunks_mut(step) {
         limit.take(chunk.len()).await;
-        within(READ_STALL, stream.read_exact(chunk)).await?;
+        let mut filled = 0;
+        while filled < chunk.len() {
+            // Never ask to be woken for more than the piece still owes:
+            // the parent sends nothing after it until the next request.
+            wake.set(stream, left.min(WAKE_BYTES))?;
+            let n = within(READ_STALL, stream.read(&mut chunk[filled..])).await?;
+            if n == 0 {
+                return Err(Exchange::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            filled += n;
+            left -= n;
+        }
         hasher.update(chunk);
     }
+    // The next exchange on this connection starts with a 16-byte header.
+    wake.set(stream, 1)?;
     Ok(hasher.finish())
+}
+
+/// The connection's receive low-water mark (SO_RCVLOWAT), set only when it
+/// changes. Every exchange leaves it at the kernel's default of one byte,
+/// so a pooled connection starts there too.
+struct WakeMark {
+    current: usize,
+}
+
+impl WakeMark {
+    const KERNEL_DEFAULT: WakeMark = WakeMark { current: 1 };
+
+    fn set(&mut self, stream: &TcpStream, bytes: usize) -> io::Result<()> {
+        let bytes = bytes.max(1);
+        if bytes == self.current {
+            return Ok(());
+        }
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the fd is the stream's open socket, and the option value
+        // points at a c_int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.current = bytes;
+        Ok(())
+    }
 }
 
 async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
