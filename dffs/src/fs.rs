@@ -8,7 +8,7 @@
 
 use crate::client::Peerd;
 use crate::nodes::{Node, Nodes, ROOT_INO};
-use crate::readahead::Handles;
+use crate::readahead::{Handles, WholeAfter};
 use api::buffers::{BufferPool, PooledBuffer};
 use api::proto::Priority;
 use api::task::TaskId;
@@ -35,9 +35,9 @@ pub struct Settings {
     pub timeout: Duration,
     /// Largest read-ahead window for sequential readers.
     pub readahead_max: u64,
-    /// A reader that has read this far in order from the start gets the
-    /// whole task fetched in the background (0: never).
-    pub whole_after: u64,
+    /// When a reader reading in order from the start gets the whole task
+    /// fetched in the background.
+    pub whole_after: WholeAfter,
     /// Hand complete tasks to the kernel (FUSE passthrough) when possible.
     pub passthrough: bool,
     /// Serve incomplete tasks with direct I/O: reads skip the kernel's page

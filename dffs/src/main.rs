@@ -62,9 +62,10 @@ struct MountCli {
     #[arg(long)]
     readahead_mib: Option<u64>,
     /// Fetch the whole task in the background once a reader has read this
-    /// many MiB in order from the start, 0 for never [default: 8].
+    /// many MiB in order from the start: a number, 0 for never, or auto
+    /// (1/64 of the task, 2 to 8 MiB) [default: auto].
     #[arg(long)]
-    whole_after_mib: Option<u64>,
+    whole_after_mib: Option<String>,
     /// Serve complete tasks through dffs even if the kernel offers passthrough.
     #[arg(long)]
     no_passthrough: bool,
@@ -99,7 +100,7 @@ impl MountCli {
         if let Some(r) = self.readahead_mib {
             options.push(format!("readahead_mib={r}"));
         }
-        if let Some(w) = self.whole_after_mib {
+        if let Some(w) = &self.whole_after_mib {
             options.push(format!("whole_after_mib={w}"));
         }
         if let Some(m) = &self.metrics_addr {

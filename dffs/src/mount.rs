@@ -7,6 +7,7 @@
 
 use crate::client::Peerd;
 use crate::fs::{DffsFs, Settings};
+use crate::readahead::WholeAfter;
 use anyhow::Context;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -23,9 +24,9 @@ pub struct MountArgs {
     pub timeout: f64,
     /// Largest read-ahead window, in MiB (0 turns read-ahead off).
     pub readahead_mib: u64,
-    /// MiB a reader reads in order from the start before the whole task is
-    /// fetched in the background (0: never).
-    pub whole_after_mib: u64,
+    /// How far a reader reads in order from the start before the whole
+    /// task is fetched in the background.
+    pub whole_after: WholeAfter,
     /// The kernel's own read-ahead for the mount, in KiB.
     pub read_ahead_kb: u32,
     pub passthrough: bool,
@@ -42,7 +43,7 @@ impl MountArgs {
             foreground: false,
             timeout: 60.0,
             readahead_mib: 128,
-            whole_after_mib: 8,
+            whole_after: WholeAfter::Auto,
             read_ahead_kb: 4096,
             passthrough: true,
             direct_io: true,
@@ -71,8 +72,8 @@ impl MountArgs {
                         value.parse().map_err(|_| bad("expected a number of MiB"))?
                 }
                 "whole_after_mib" => {
-                    self.whole_after_mib =
-                        value.parse().map_err(|_| bad("expected a number of MiB"))?
+                    self.whole_after = WholeAfter::parse_mib(value)
+                        .ok_or_else(|| bad("expected a number of MiB, 0 for never, or auto"))?
                 }
                 "read_ahead_kb" => {
                     self.read_ahead_kb =
@@ -217,7 +218,7 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
     let settings = Settings {
         timeout: Duration::from_secs_f64(args.timeout),
         readahead_max: args.readahead_mib << 20,
-        whole_after: args.whole_after_mib << 20,
+        whole_after: args.whole_after,
         passthrough: args.passthrough,
         direct_io: args.direct_io,
         // SAFETY: getuid/getgid cannot fail.
@@ -336,6 +337,11 @@ mod tests {
         assert_eq!(args.socket, PathBuf::from("/run/x.sock"));
         assert_eq!(args.timeout, 2.5);
         assert_eq!(args.metrics_addr, None);
+        assert_eq!(args.whole_after, WholeAfter::Auto, "the default");
+        args.apply_options("whole_after_mib=16").unwrap();
+        assert_eq!(args.whole_after, WholeAfter::Bytes(16 << 20));
+        args.apply_options("whole_after_mib=auto").unwrap();
+        assert_eq!(args.whole_after, WholeAfter::Auto);
     }
 
     #[test]
@@ -372,5 +378,10 @@ mod tests {
         assert!(err.contains("'speed=fast'"), "{err}");
         let err = args.apply_options("timeout=-1").unwrap_err();
         assert!(err.contains("'timeout=-1'"), "{err}");
+        let err = args.apply_options("whole_after_mib=soon").unwrap_err();
+        assert!(
+            err.contains("'whole_after_mib=soon'") && err.contains("or auto"),
+            "{err}"
+        );
     }
 }
