@@ -25,6 +25,7 @@ use std::time::Duration;
 
 /// The first window once a reader looks sequential.
 const INITIAL_WINDOW: u64 = 2 << 20;
+
 /// When a reader reading in order from the start gets the whole task
 /// fetched in the background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
