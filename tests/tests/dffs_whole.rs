@@ -26,6 +26,11 @@ fn read_in_order(mnt: &DffsMount, id: &str, original: &[u8], start: usize, pause
 
 /// A seed, one peer with dffs mounted (2 MiB read-ahead, whole task after
 /// 8 MiB), and a 64 MiB file registered with `dffs add`.
+fn setup() -> Setup {
+    setup_with(&["--readahead-mib", "2", "--whole-after-mib", "8"])
+}
+
+/// As `setup`, with the mount's flags given.
 struct Setup {
     // Dropped last: the mount goes before the cluster it reads from.
     mnt: DffsMount,
@@ -36,14 +41,14 @@ struct Setup {
     id: String,
 }
 
-fn setup() -> Setup {
+fn setup_with(mount_flags: &[&str]) -> Setup {
     let cluster = Cluster::start(true, 1);
     let (origin, digest) = cluster.serve_file("f.bin", SIZE, &[]);
     let original = std::fs::read(cluster.origin_root().join("f.bin")).unwrap();
     let mnt = DffsMount::start(
         &cluster.peers[0],
         &cluster.dir.path().join("mnt"),
-        &["--readahead-mib", "2", "--whole-after-mib", "8"],
+        mount_flags,
     );
     let id = cluster.peers[0].dffs_add(&origin.url("f.bin"));
     Setup {
@@ -131,5 +136,45 @@ fn a_reader_that_starts_mid_file_keeps_a_bounded_read_ahead() {
     assert!(
         served <= asked + run + 2.0 * piece,
         "the seed ran too far ahead: the origin served {served} bytes for {asked} asked"
+    );
+}
+
+#[test]
+fn by_default_a_short_read_from_the_start_stays_lazy_and_a_longer_one_does_not() {
+    // The automatic threshold of a 64 MiB task is its floor, 2 MiB.
+    let Setup {
+        cluster,
+        origin,
+        original,
+        mnt,
+        id,
+        ..
+    } = setup_with(&["--readahead-mib", "2"]);
+    let file = std::fs::File::open(mnt.path(&id)).unwrap();
+    let mut block = vec![0u8; MIB];
+    file.read_exact_at(&mut block, 0).unwrap();
+    assert!(block == original[..MIB], "wrong first MiB");
+    // Time for a whole download to show, had one started.
+    std::thread::sleep(Duration::from_secs(2));
+    let moved = downloaded(&cluster);
+    // The MiB read and the 2 MiB window past it.
+    let bound = (3 * MIB) as f64;
+    assert!(
+        moved <= bound,
+        "one 1 MiB read from the start moved {moved} bytes (bound {bound})"
+    );
+    for at in [MIB, 2 * MIB] {
+        file.read_exact_at(&mut block, at as u64).unwrap();
+        assert!(block == original[at..at + MIB], "wrong bytes at {at}");
+    }
+    wait_until(
+        "the whole task on the host after 3 MiB read in order",
+        Duration::from_secs(30),
+        || downloaded(&cluster) >= SIZE as f64,
+    );
+    let served = origin.bytes_served() as f64;
+    assert!(
+        served <= 1.05 * SIZE as f64,
+        "origin served {served} bytes for {SIZE}"
     );
 }
