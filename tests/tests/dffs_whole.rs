@@ -65,6 +65,21 @@ fn downloaded(cluster: &Cluster) -> f64 {
     cluster.peers[0].metric("dffs_download_bytes_total", "source=")
 }
 
+/// Waits for the host to hold the whole task, which the origin must have
+/// served about once.
+fn wait_for_whole_task(cluster: &Cluster, origin: &Origin) {
+    wait_until(
+        "the whole task on the host",
+        Duration::from_secs(30),
+        || downloaded(cluster) >= SIZE as f64,
+    );
+    let served = origin.bytes_served() as f64;
+    assert!(
+        served <= 1.05 * SIZE as f64,
+        "origin served {served} bytes for {SIZE}"
+    );
+}
+
 #[test]
 fn a_reader_that_reads_from_the_start_gets_the_whole_task_fetched() {
     let Setup {
@@ -79,16 +94,7 @@ fn a_reader_that_reads_from_the_start_gets_the_whole_task_fetched() {
     read_in_order(&mnt, &id, &original, 0, Duration::ZERO);
     // The reader stopped at 12 MiB with a 2 MiB window, yet the host gets
     // all 64 MiB.
-    wait_until(
-        "the whole task on the host",
-        Duration::from_secs(30),
-        || downloaded(&cluster) >= SIZE as f64,
-    );
-    let served = origin.bytes_served() as f64;
-    assert!(
-        served <= 1.05 * SIZE as f64,
-        "origin served {served} bytes for {SIZE}"
-    );
+    wait_for_whole_task(&cluster, &origin);
     // The rest is now read from the host's cache, and right.
     let copy = cluster.dir.path().join("copy");
     std::fs::copy(mnt.path(&id), &copy).unwrap();
@@ -167,14 +173,6 @@ fn by_default_a_short_read_from_the_start_stays_lazy_and_a_longer_one_does_not()
         file.read_exact_at(&mut block, at as u64).unwrap();
         assert!(block == original[at..at + MIB], "wrong bytes at {at}");
     }
-    wait_until(
-        "the whole task on the host after 3 MiB read in order",
-        Duration::from_secs(30),
-        || downloaded(&cluster) >= SIZE as f64,
-    );
-    let served = origin.bytes_served() as f64;
-    assert!(
-        served <= 1.05 * SIZE as f64,
-        "origin served {served} bytes for {SIZE}"
-    );
+    // 3 MiB read in order from the start.
+    wait_for_whole_task(&cluster, &origin);
 }
