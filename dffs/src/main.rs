@@ -15,6 +15,7 @@ use api::cli::{Failure, exit, fail};
 use api::proto::TaskSource;
 use clap::{Parser, Subcommand};
 use mount::MountArgs;
+use readahead::WholeAfter;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,8 +65,8 @@ struct MountCli {
     /// Fetch the whole task in the background once a reader has read this
     /// many MiB in order from the start: a number, 0 for never, or auto
     /// (1/64 of the task, 2 to 8 MiB) [default: auto].
-    #[arg(long)]
-    whole_after_mib: Option<String>,
+    #[arg(long, value_parser = parse_whole_after)]
+    whole_after_mib: Option<WholeAfter>,
     /// Serve complete tasks through dffs even if the kernel offers passthrough.
     #[arg(long)]
     no_passthrough: bool,
@@ -100,7 +101,7 @@ impl MountCli {
         if let Some(r) = self.readahead_mib {
             options.push(format!("readahead_mib={r}"));
         }
-        if let Some(w) = &self.whole_after_mib {
+        if let Some(w) = self.whole_after_mib {
             options.push(format!("whole_after_mib={w}"));
         }
         if let Some(m) = &self.metrics_addr {
@@ -118,6 +119,11 @@ impl MountCli {
         options.extend(self.options.iter().cloned());
         options
     }
+}
+
+fn parse_whole_after(value: &str) -> Result<WholeAfter, String> {
+    WholeAfter::parse_mib(value)
+        .ok_or_else(|| format!("'{value}' is not a number of MiB, 0 for never, or auto"))
 }
 
 /// `mount.dffs SPEC DIR [-sfnv] [-o OPTIONS]`, as mount(8) calls it.

@@ -351,7 +351,7 @@ mod tests {
         let file = dir.join("dffs.toml");
         std::fs::write(
             &file,
-            "socket = \"/run/y.sock\"\ntimeout = 7\npassthrough = false\n",
+            "socket = \"/run/y.sock\"\ntimeout = 7\npassthrough = false\nwhole_after_mib = \"auto\"\n",
         )
         .unwrap();
         let mut args = MountArgs::new(PathBuf::from("/dfly"));
@@ -360,6 +360,11 @@ mod tests {
         assert_eq!(args.socket, PathBuf::from("/run/y.sock"));
         assert_eq!(args.timeout, 7.0);
         assert!(!args.passthrough);
+        assert_eq!(args.whole_after, WholeAfter::Auto);
+        std::fs::write(&file, "whole_after_mib = 3\n").unwrap();
+        args.apply_options(&format!("config={}", file.display()))
+            .unwrap();
+        assert_eq!(args.whole_after, WholeAfter::Bytes(3 << 20));
         std::fs::write(&file, "speed = 1\n").unwrap();
         let err = args
             .apply_options(&format!("config={}", file.display()))

@@ -35,9 +35,10 @@ pub enum WholeAfter {
     Bytes(u64),
     /// Once it has read 1/64 of the task, but at least 2 MiB and at most
     /// 8 MiB. Until then the reader is served one read-ahead window at a
-    /// time, which costs a swarm of readers starting together a fixed
-    /// slow start (at 8 MiB, about half a second of line rate on 100 Mbit/s
-    /// links), so small tasks should leave it early; a reader that stops
+    /// time, which costs a swarm of readers starting together a slow
+    /// start of about the same length for any task (at 8 MiB, hosts on
+    /// 100 Mbit/s links fell about half a second of line rate behind), so
+    /// small tasks should leave it early; a reader that stops
     /// right after the threshold wastes the rest of the task, so large
     /// tasks should leave it late. 24 hosts copying a 128 MiB task took
     /// 1.23 times the line-rate bound with 2 MiB and 1.25 with 8 (medians
@@ -51,14 +52,12 @@ impl WholeAfter {
 
     /// Parses a mount option value: MiB, `0` for never, or `auto`.
     pub fn parse_mib(value: &str) -> Option<WholeAfter> {
-        match value {
-            "auto" => Some(WholeAfter::Auto),
-            "0" => Some(WholeAfter::Never),
-            mib => mib
-                .parse::<u64>()
-                .ok()
-                .and_then(|m| m.checked_mul(1 << 20))
-                .map(WholeAfter::Bytes),
+        if value == "auto" {
+            return Some(WholeAfter::Auto);
+        }
+        match value.parse::<u64>().ok()?.checked_mul(1 << 20)? {
+            0 => Some(WholeAfter::Never),
+            bytes => Some(WholeAfter::Bytes(bytes)),
         }
     }
 
@@ -69,6 +68,17 @@ impl WholeAfter {
             WholeAfter::Never | WholeAfter::Bytes(0) => None,
             WholeAfter::Bytes(bytes) => Some(bytes),
             WholeAfter::Auto => Some((length / 64).clamp(Self::AUTO_MIN, Self::AUTO_MAX)),
+        }
+    }
+}
+
+/// The mount option value `parse_mib` reads back.
+impl std::fmt::Display for WholeAfter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WholeAfter::Never => f.write_str("0"),
+            WholeAfter::Bytes(bytes) => write!(f, "{}", bytes >> 20),
+            WholeAfter::Auto => f.write_str("auto"),
         }
     }
 }
@@ -381,6 +391,7 @@ mod tests {
     fn whole_after_parses_mib_zero_and_auto() {
         assert_eq!(WholeAfter::parse_mib("auto"), Some(WholeAfter::Auto));
         assert_eq!(WholeAfter::parse_mib("0"), Some(WholeAfter::Never));
+        assert_eq!(WholeAfter::parse_mib("00"), Some(WholeAfter::Never));
         assert_eq!(
             WholeAfter::parse_mib("12"),
             Some(WholeAfter::Bytes(12 * MIB))
@@ -388,6 +399,10 @@ mod tests {
         assert_eq!(WholeAfter::parse_mib("-1"), None);
         assert_eq!(WholeAfter::parse_mib("lots"), None);
         assert_eq!(WholeAfter::parse_mib("99999999999999999"), None);
+        for value in ["auto", "0", "12"] {
+            let parsed = WholeAfter::parse_mib(value).unwrap();
+            assert_eq!(parsed.to_string(), value, "round trip");
+        }
     }
 
     #[test]

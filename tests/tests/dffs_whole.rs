@@ -30,7 +30,6 @@ fn setup() -> Setup {
     setup_with(&["--readahead-mib", "2", "--whole-after-mib", "8"])
 }
 
-/// As `setup`, with the mount's flags given.
 struct Setup {
     // Dropped last: the mount goes before the cluster it reads from.
     mnt: DffsMount,
@@ -41,6 +40,7 @@ struct Setup {
     id: String,
 }
 
+/// As `setup`, with the mount's flags given.
 fn setup_with(mount_flags: &[&str]) -> Setup {
     let cluster = Cluster::start(true, 1);
     let (origin, digest) = cluster.serve_file("f.bin", SIZE, &[]);

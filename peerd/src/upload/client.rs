@@ -27,8 +27,10 @@ const HASH_STEP: usize = 128 * 1024;
 /// wake-up per packet (an epoll return, a task poll and a recv each) is
 /// paid by every host for every piece: in a 24-host fan-out sharing 2
 /// cores, this mark took the peerds from 1.30-1.34 cores to 1.19-1.22.
-/// It stays well under the 128 KiB a receive buffer starts with: a larger
-/// mark makes Linux grow the buffer and clamp the advertised window to it.
+/// Kernels before 6.18 clamp the advertised window to the mark when it
+/// needs more room than the receive buffer has (about twice the mark, at
+/// the usual ratio of payload to buffer): 32 KiB keeps well clear of the
+/// 128 KiB a buffer starts with.
 const WAKE_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +94,10 @@ impl PeerClient {
             other => other,
         };
         match result {
-            Ok(digest) => {
-                self.checkin(addr, stream);
+            Ok((digest, reusable)) => {
+                if reusable {
+                    self.checkin(addr, stream);
+                }
                 Ok(digest)
             }
             Err(Exchange::Refused(status, reason)) => {
@@ -160,12 +164,14 @@ impl From<io::Error> for Exchange {
     }
 }
 
+/// One request and its answer on `stream`: the digest of the piece read
+/// into `dest`, and whether the connection may go back to the pool.
 async fn exchange(
     stream: &mut TcpStream,
     request: PieceRequest,
     dest: &mut [u8],
     limit: &ByteLimit,
-) -> Result<PieceDigest, Exchange> {
+) -> Result<(PieceDigest, bool), Exchange> {
     let expected = dest.len() as u64;
     stream.write_all(&request.encode()).await?;
     let mut header = [0u8; RESPONSE_LEN];
@@ -202,9 +208,10 @@ async fn exchange(
         }
         hasher.update(chunk);
     }
-    // The next exchange on this connection starts with a 16-byte header.
-    wake.set(stream, 1)?;
-    Ok(hasher.finish())
+    // The next exchange on this connection starts with a 16-byte header;
+    // a connection whose mark cannot be lowered again is not reused.
+    let reusable = wake.set(stream, 1).is_ok();
+    Ok((hasher.finish(), reusable))
 }
 
 /// The connection's receive low-water mark (SO_RCVLOWAT), set only when it
