@@ -65,7 +65,7 @@ impl WholeAfter {
     /// that earn the whole task, if any do.
     fn threshold(self, length: u64) -> Option<u64> {
         match self {
-            WholeAfter::Never | WholeAfter::Bytes(0) => None,
+            WholeAfter::Never => None,
             WholeAfter::Bytes(bytes) => Some(bytes),
             WholeAfter::Auto => Some((length / 64).clamp(Self::AUTO_MIN, Self::AUTO_MAX)),
         }
