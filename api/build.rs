@@ -2,7 +2,11 @@
 //! so a fresh machine needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/dffs.proto"];
+    let protos = [
+        "proto/common.proto",
+        "proto/scheduler.proto",
+        "proto/peer.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

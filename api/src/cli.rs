@@ -2,8 +2,8 @@
 //! `-H 'Name: value'` syntax, and turning peerd's errors into one line that
 //! says what to do.
 
+use crate::error::{ErrorKind, RemoteError};
 use crate::proto::Header;
-use tonic::Code;
 
 /// Exit codes, so scripts can tell failures apart.
 pub mod exit {
@@ -62,32 +62,44 @@ pub fn peerd_unreachable(socket: &std::path::Path, error: &tonic::transport::Err
     )
 }
 
-/// A status from peerd as one line with a hint of what to do.
+/// A status from peerd as one line with a hint of what to do, chosen by
+/// the kind of failure it carries (see [`crate::error`]).
 pub fn from_status(status: &tonic::Status, url: &str) -> Failure {
-    let message = status.message();
-    match status.code() {
-        Code::NotFound => fail(exit::ORIGIN, format!("{message}; check the URL")),
-        Code::PermissionDenied => fail(
-            exit::ORIGIN,
-            format!("{message}; check the credentials sent with -H"),
-        ),
-        Code::InvalidArgument => fail(exit::USAGE, message.to_string()),
-        Code::ResourceExhausted => fail(exit::OUTPUT, message.to_string()),
-        Code::Unavailable if message.contains("origin") => fail(
-            exit::ORIGIN,
-            format!("{message}; check that the origin is up and reachable"),
-        ),
-        Code::Unavailable | Code::Unknown
-            if message.contains("transport") || message.contains("connect") =>
-        {
-            fail(
-                exit::PEERD_UNREACHABLE,
-                format!(
-                    "lost the connection to peerd while working on {url} ({message}); is peerd still running?"
-                ),
-            )
+    from_remote(&RemoteError::from_status(status), url)
+}
+
+/// Like [`from_status`], for a failure already read.
+pub fn from_remote(error: &RemoteError, url: &str) -> Failure {
+    let message = error.message.as_str();
+    let with_hint = |default: &str| {
+        let hint = if error.hint.is_empty() {
+            default
+        } else {
+            &error.hint
+        };
+        format!("{message}; {hint}")
+    };
+    match error.kind {
+        ErrorKind::Origin => {
+            let hint = match error.http_status {
+                404 | 410 => "check the URL",
+                401 | 403 | 407 => "check the credentials sent with -H",
+                0 | 500..=599 => "check that the origin is up and reachable",
+                _ => "check the URL and what the origin expects",
+            };
+            fail(exit::ORIGIN, with_hint(hint))
         }
-        _ => fail(exit::OTHER, format!("{url}: {message}")),
+        ErrorKind::NotFound => fail(exit::ORIGIN, with_hint("check the URL")),
+        ErrorKind::Invalid => fail(exit::USAGE, message),
+        ErrorKind::DiskFull => fail(exit::OUTPUT, message),
+        ErrorKind::Transport => fail(
+            exit::PEERD_UNREACHABLE,
+            format!(
+                "lost the connection to peerd while working on {url} ({message}); is peerd still running?"
+            ),
+        ),
+        _ if error.hint.is_empty() => fail(exit::OTHER, format!("{url}: {message}")),
+        _ => fail(exit::OTHER, format!("{url}: {message}; {}", error.hint)),
     }
 }
 
@@ -109,11 +121,24 @@ mod tests {
 
     #[test]
     fn origin_errors_get_a_hint() {
-        let f = from_status(
-            &tonic::Status::not_found("origin returned 404 Not Found for u"),
-            "u",
-        );
+        let origin = |http| RemoteError::origin(http, false, "origin said no").to_status();
+        let f = from_status(&origin(404), "u");
         assert_eq!(f.code, exit::ORIGIN);
         assert!(f.message.ends_with("check the URL"));
+        let f = from_status(&origin(403), "u");
+        assert!(f.message.ends_with("check the credentials sent with -H"));
+        // A 503 from the origin is not peerd going away, whatever the code.
+        let f = from_status(&origin(503), "u");
+        assert_eq!(f.code, exit::ORIGIN);
+    }
+
+    #[test]
+    fn a_broken_connection_is_told_apart_from_an_answer() {
+        let f = from_status(&tonic::Status::unavailable("h2 protocol error"), "u");
+        assert_eq!(f.code, exit::PEERD_UNREACHABLE);
+        let busy = RemoteError::new(ErrorKind::Unavailable, "try later").to_status();
+        assert_eq!(from_status(&busy, "u").code, exit::OTHER);
+        let full = RemoteError::new(ErrorKind::DiskFull, "no space left").to_status();
+        assert_eq!(from_status(&full, "u").code, exit::OUTPUT);
     }
 }

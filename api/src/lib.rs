@@ -5,7 +5,9 @@
 //! - [`task`]: how a URL (plus tag and application) names a task.
 //! - [`piece`]: piece sizes, piece arithmetic and piece bitmaps.
 //! - [`digest`]: piece digests and whole-file digest checks.
+//! - [`error`]: the structured error every service attaches to a status.
 //! - [`config`]: `--config FILE` support for every daemon.
+//! - [`local`]: the client of peerd's local API (dfget, dffs).
 //! - [`uds`]: a gRPC channel over a Unix socket.
 //! - [`telemetry`]: logging and the Prometheus `/metrics` endpoint.
 //! - [`buffers`]: reusable byte buffers for the data path.
@@ -14,12 +16,15 @@ pub mod buffers;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod error;
+pub mod local;
 pub mod piece;
 pub mod task;
 pub mod telemetry;
 pub mod uds;
 
-/// Generated protobuf messages and gRPC services (`proto/dffs.proto`).
+/// Generated protobuf messages and gRPC services (`proto/*.proto`, all in
+/// package `dffs.v1`).
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("dffs.v1");

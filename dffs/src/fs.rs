@@ -6,10 +6,11 @@
 //! answers from the inode table, and reads of pieces already known to be
 //! present, which are a `pread` of peerd's content file.
 
-use crate::client::Peerd;
 use crate::nodes::{Node, Nodes, ROOT_INO};
 use crate::readahead::{Handles, WholeAfter};
 use api::buffers::{BufferPool, PooledBuffer};
+use api::error::{ErrorKind, RemoteError};
+use api::local::LocalClient;
 use api::proto::Priority;
 use api::task::TaskId;
 use fuser::{
@@ -22,6 +23,19 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// The error a FUSE caller sees for a failure of peerd: a task that does
+/// not exist (unknown to the cluster, or gone at the origin) is `ENOENT`,
+/// anything else (peerd down, the cluster or origin unreachable past the
+/// timeout) is `EIO`.
+pub(crate) fn errno(error: &RemoteError) -> Errno {
+    let gone = match error.kind {
+        ErrorKind::NotFound => true,
+        ErrorKind::Origin => matches!(error.http_status, 404 | 410),
+        _ => false,
+    };
+    if gone { Errno::ENOENT } else { Errno::EIO }
+}
 
 /// Task content never changes, so the kernel may cache what it learns
 /// about a known task for long.
@@ -51,7 +65,7 @@ pub struct Settings {
 
 pub struct DffsFs {
     nodes: Arc<Nodes>,
-    peerd: Peerd,
+    peerd: LocalClient,
     runtime: tokio::runtime::Handle,
     settings: Settings,
     handles: Arc<Handles>,
@@ -60,7 +74,7 @@ pub struct DffsFs {
 }
 
 impl DffsFs {
-    pub fn new(peerd: Peerd, runtime: tokio::runtime::Handle, settings: Settings) -> DffsFs {
+    pub fn new(peerd: LocalClient, runtime: tokio::runtime::Handle, settings: Settings) -> DffsFs {
         DffsFs {
             nodes: Arc::new(Nodes::new()),
             peerd,
@@ -205,12 +219,12 @@ impl Filesystem for DffsFs {
                     }
                 },
                 Err(e) => {
-                    if e.errno() != Errno::ENOENT {
+                    if errno(&e) != Errno::ENOENT {
                         tracing::warn!(task = %id, "lookup failed: {e}");
                     }
                     // An unknown task is not cached as absent: it may be
                     // registered a moment later.
-                    reply.error(e.errno());
+                    reply.error(errno(&e));
                 }
             }
         });
@@ -339,7 +353,7 @@ impl Filesystem for DffsFs {
                 Err(e) => {
                     tracing::warn!(task = %node.id, offset, len, "read failed: {e}");
                     metrics::counter!("dffs_fs_read_errors_total").increment(1);
-                    reply.error(e.errno());
+                    reply.error(errno(&e));
                 }
             }
         });
@@ -393,7 +407,7 @@ impl Filesystem for DffsFs {
                 Ok(tasks) => tasks,
                 Err(e) => {
                     tracing::warn!("listing tasks failed: {e}");
-                    return reply.error(e.errno());
+                    return reply.error(errno(&e));
                 }
             };
             let mut entries: Vec<(u64, FileType, String)> = vec![

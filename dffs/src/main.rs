@@ -5,17 +5,12 @@
 //! `/sbin/mount.dffs`, it is what `mount -t dffs dffs /dfly -o socket=...`
 //! runs.
 
-mod client;
-mod fs;
-mod mount;
-mod nodes;
-mod readahead;
-
 use api::cli::{Failure, exit, fail};
+use api::local::LocalClient;
 use api::proto::TaskSource;
 use clap::{Parser, Subcommand};
-use mount::MountArgs;
-use readahead::WholeAfter;
+use dffs::mount::{self, MountArgs};
+use dffs::readahead::WholeAfter;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -205,9 +200,9 @@ fn add(
 ) -> Result<(), Failure> {
     api::task::TaskId::from_source(&url, &tag, &application)
         .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let headers = api::cli::parse_headers(&headers)?;
     let source = TaskSource {
         url: url.clone(),
-        headers: api::cli::parse_headers(&headers)?,
         tag,
         application,
     };
@@ -216,14 +211,13 @@ fn add(
         .build()
         .map_err(|e| fail(exit::OTHER, e.to_string()))?;
     runtime.block_on(async {
-        api::uds::connect(&socket)
+        let peerd = LocalClient::connect(&socket)
             .await
             .map_err(|e| api::cli::peerd_unreachable(&socket, &e))?;
-        let peerd = client::Peerd::new(&socket);
         let info = peerd
-            .register(source, Duration::from_secs(120))
+            .register(source, headers, Duration::from_secs(120))
             .await
-            .map_err(|s| api::cli::from_status(&s, &url))?;
+            .map_err(|e| api::cli::from_remote(&e, &url))?;
         println!("{}", info.meta.unwrap_or_default().task_id);
         Ok(())
     })

@@ -5,10 +5,10 @@
 //! process forks; the parent waits until the child has mounted (or failed)
 //! and exits with that outcome, so `mount` returns only once `/dfly` works.
 
-use crate::client::Peerd;
 use crate::fs::{DffsFs, Settings};
 use crate::readahead::WholeAfter;
 use anyhow::Context;
+use api::local::LocalClient;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -225,7 +225,11 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
     };
-    let fs = DffsFs::new(Peerd::new(&args.socket), runtime.handle().clone(), settings);
+    let fs = DffsFs::new(
+        LocalClient::lazy(&args.socket),
+        runtime.handle().clone(),
+        settings,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("dffs".into()),

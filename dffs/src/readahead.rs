@@ -13,8 +13,8 @@
 //! cluster's seed streams the task from the origin instead of trickling
 //! it piece by piece.
 
-use crate::client::Peerd;
 use crate::nodes::Node;
+use api::local::LocalClient;
 use api::proto::Priority;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -207,7 +207,7 @@ impl Handles {
 /// reader earned it, for the whole task), without anyone waiting.
 pub fn prefetch(
     runtime: &tokio::runtime::Handle,
-    peerd: &Peerd,
+    peerd: &LocalClient,
     node: &Arc<Node>,
     ahead: ReadAhead,
     timeout: Duration,
@@ -243,8 +243,13 @@ pub fn prefetch(
 
 /// Has peerd download the whole task, and marks pieces present as they
 /// land, so the reader finds them without asking peerd again.
-async fn follow_whole_download(peerd: Peerd, node: Arc<Node>, timeout: Duration) {
-    let mut progress = match peerd.download(node.id, timeout).await {
+async fn follow_whole_download(peerd: LocalClient, node: Arc<Node>, timeout: Duration) {
+    let request = api::proto::DownloadRequest {
+        task_id: node.id.to_string(),
+        in_order: true,
+        ..Default::default()
+    };
+    let mut progress = match peerd.download(request, timeout).await {
         Ok(progress) => progress,
         Err(e) => return tracing::debug!(task = %node.id, "cannot start the whole-task fetch: {e}"),
     };

@@ -1,10 +1,10 @@
 //! The Peer gRPC service on peerd's Unix socket, used by dfget and dffs.
 
 use crate::engine::{Engine, EngineError, Order, Task};
+use api::error::{invalid, parse_task_id};
 use api::piece::Bitmap;
 use api::proto::peer_server::Peer;
 use api::proto::*;
-use api::task::TaskId;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +25,12 @@ impl LocalApi {
     }
 }
 
-fn task_id(text: &str) -> Result<TaskId, Status> {
-    text.parse()
-        .map_err(|e: api::task::TaskError| Status::invalid_argument(e.to_string()))
+fn source(source: Option<TaskSource>) -> Result<TaskSource, Status> {
+    source.ok_or_else(|| invalid("a source URL is required"))
 }
 
-fn source(source: Option<TaskSource>) -> Result<TaskSource, Status> {
-    source.ok_or_else(|| Status::invalid_argument("a source URL is required"))
+fn credentials(headers: &[Header]) -> Result<crate::origin::Credentials, Status> {
+    crate::origin::Credentials::parse(headers).map_err(|e| invalid(e.to_string()))
 }
 
 fn status(e: EngineError) -> Status {
@@ -50,18 +49,19 @@ impl Peer for LocalApi {
     ) -> Result<Response<ProgressStream>, Status> {
         let req = request.into_inner();
         let task = match req.source {
-            Some(source) => self.engine.open_source(source, true).await,
+            Some(source) => {
+                let credentials = credentials(&req.headers)?;
+                self.engine.open_source(source, credentials, true).await
+            }
             None if !req.task_id.is_empty() => {
-                let task = self.engine.open_id(task_id(&req.task_id)?).await;
+                let task = self.engine.open_id(parse_task_id(&req.task_id)?).await;
                 if let Ok(task) = &task {
                     self.engine.announce_wanted_whole(task);
                 }
                 task
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "a source URL or a task-id is required",
-                ));
+                return Err(invalid("a source URL or a task-id is required"));
             }
         }
         .map_err(status)?;
@@ -86,10 +86,12 @@ impl Peer for LocalApi {
         &self,
         request: Request<RegisterTaskRequest>,
     ) -> Result<Response<TaskInfo>, Status> {
-        let source = source(request.into_inner().source)?;
+        let req = request.into_inner();
+        let credentials = credentials(&req.headers)?;
+        let source = source(req.source)?;
         let task = self
             .engine
-            .open_source(source, false)
+            .open_source(source, credentials, false)
             .await
             .map_err(status)?;
         Ok(Response::new(task.info()))
@@ -99,7 +101,7 @@ impl Peer for LocalApi {
         &self,
         request: Request<StatLocalTaskRequest>,
     ) -> Result<Response<TaskInfo>, Status> {
-        let id = task_id(&request.into_inner().task_id)?;
+        let id = parse_task_id(&request.into_inner().task_id)?;
         Ok(Response::new(self.engine.stat(id).await.map_err(status)?))
     }
 
@@ -116,7 +118,7 @@ impl Peer for LocalApi {
         request: Request<EnsureRangeRequest>,
     ) -> Result<Response<EnsureRangeResponse>, Status> {
         let req = request.into_inner();
-        let id = task_id(&req.task_id)?;
+        let id = parse_task_id(&req.task_id)?;
         let priority = Priority::try_from(req.priority).unwrap_or(Priority::Read);
         let task = self.engine.open_id(id).await.map_err(status)?;
         task.touch();

@@ -81,8 +81,12 @@ impl Origin {
 
     /// Learns the object's length and validators without its body: a HEAD,
     /// or a one-byte ranged GET when HEAD gives no length.
-    pub async fn resolve(&self, source: &TaskSource) -> Result<Resolved, OriginError> {
-        let headers = request_headers(&source.headers)?;
+    pub async fn resolve(
+        &self,
+        source: &TaskSource,
+        credentials: &Credentials,
+    ) -> Result<Resolved, OriginError> {
+        let headers = credentials.0.clone();
         let head = self
             .send(
                 self.client.head(&source.url).headers(headers.clone()),
@@ -123,17 +127,18 @@ impl Origin {
     }
 
     /// GETs `range` of the task's object.
-    pub async fn get(&self, meta: &TaskMeta, range: Range<u64>) -> Result<Body, OriginError> {
-        let source = meta.source.clone().unwrap_or_default();
-        let url = &source.url;
-        let mut request = self
-            .client
-            .get(url)
-            .headers(request_headers(&source.headers)?)
-            .header(
-                header::RANGE,
-                format!("bytes={}-{}", range.start, range.end - 1),
-            );
+    pub async fn get(
+        &self,
+        meta: &TaskMeta,
+        credentials: &Credentials,
+        range: Range<u64>,
+    ) -> Result<Body, OriginError> {
+        let url = meta.source.as_ref().map_or("", |s| s.url.as_str());
+        let url = &url.to_string();
+        let mut request = self.client.get(url).headers(credentials.0.clone()).header(
+            header::RANGE,
+            format!("bytes={}-{}", range.start, range.end - 1),
+        );
         if !meta.etag.is_empty() && !meta.etag.starts_with("W/") {
             request = request.header(header::IF_MATCH, &meta.etag);
         }
@@ -249,9 +254,30 @@ fn parse_content_range(headers: &HeaderMap) -> Option<(Range<u64>, u64)> {
     (start <= end && end < total).then_some((start..end + 1, total))
 }
 
-/// Turns user headers into a header map, refusing ones that would break
-/// ranged fetching.
-pub fn request_headers(headers: &[Header]) -> Result<HeaderMap, OriginError> {
+/// The headers a user gave for the origin (`dfget -H`), checked. They stay
+/// in this process's memory: they are never written to disk, never sent to
+/// another host, and never logged (`Debug` shows only their names).
+#[derive(Clone, Default)]
+pub struct Credentials(HeaderMap);
+
+impl Credentials {
+    /// Checks user headers, refusing ones that would break ranged fetching.
+    pub fn parse(headers: &[Header]) -> Result<Credentials, OriginError> {
+        request_headers(headers).map(Credentials)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+fn request_headers(headers: &[Header]) -> Result<HeaderMap, OriginError> {
     let mut map = HeaderMap::new();
     for h in headers {
         let bad = |reason: &str| OriginError::BadHeader {
@@ -317,5 +343,17 @@ mod tests {
         assert!(err.to_string().contains("'Range'"));
         assert!(request_headers(&[h("Bad Name", "x")]).is_err());
         assert!(request_headers(&[h("X", "line\nbreak")]).is_err());
+    }
+
+    #[test]
+    fn credentials_never_show_their_values() {
+        let secret = Header {
+            name: "Authorization".into(),
+            value: "Bearer s3cr3t".into(),
+        };
+        let credentials = Credentials::parse(&[secret]).unwrap();
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("authorization"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }

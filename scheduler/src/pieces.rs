@@ -2,6 +2,7 @@
 
 use crate::ranking::{self, Candidate};
 use crate::state::{Cluster, unknown_task};
+use api::error::{ErrorKind, invalid, status};
 use api::proto::{GetParentsResponse, Parent, PieceDigest, ReportPiecesRequest};
 use api::task::TaskId;
 use std::time::Instant;
@@ -21,9 +22,10 @@ impl Cluster {
             .get_mut(&task_id)
             .ok_or_else(|| unknown_task(&task_id))?;
         if task.meta.is_none() {
-            return Err(Status::unavailable(format!(
-                "task {task_id} is still being resolved"
-            )));
+            return Err(status(
+                ErrorKind::Unavailable,
+                format!("task {task_id} is still being resolved"),
+            ));
         }
         task.add_peer(host_id);
         let root = self.ensure_root(task_id, host_id, false, now);
@@ -106,22 +108,22 @@ impl Cluster {
         let is_root = task.root.as_deref() == Some(host_id);
         let count = task.piece_count();
         if !digests.is_empty() && !is_root {
-            return Err(Status::permission_denied(format!(
-                "host {host_id} is not the root of task {task_id} and may not report digests"
-            )));
+            return Err(status(
+                ErrorKind::Denied,
+                format!(
+                    "host {host_id} is not the root of task {task_id} and may not report digests"
+                ),
+            ));
         }
         for d in digests {
             let Some(slot) = task.digests.get_mut(d.number as usize) else {
-                return Err(Status::invalid_argument(format!(
-                    "piece {} is out of range",
-                    d.number
-                )));
+                return Err(invalid(format!("piece {} is out of range", d.number)));
             };
             let digest: [u8; 32] = d
                 .blake3
                 .as_slice()
                 .try_into()
-                .map_err(|_| Status::invalid_argument("a piece digest must be 32 bytes"))?;
+                .map_err(|_| invalid("a piece digest must be 32 bytes"))?;
             match slot {
                 Some(existing) if *existing != digest => {
                     tracing::warn!(task = %task_id, piece = d.number, "conflicting digest reported; keeping the first");

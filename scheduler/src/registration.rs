@@ -4,8 +4,9 @@
 //! host that fetches from the origin what nobody holds.
 
 use crate::state::{Cluster, RegisterRequest, Registration, Resolution, Task, unknown_task};
+use api::error::{ErrorKind, RemoteError, invalid, status};
 use api::piece::Bitmap;
-use api::proto::{OriginError, RegisterPeerResponse, SeedCommand, TaskMeta};
+use api::proto::{RegisterPeerResponse, SeedCommand, TaskMeta};
 use api::task::TaskId;
 use std::time::Instant;
 use tonic::Status;
@@ -22,6 +23,10 @@ impl Cluster {
             return Err(unknown_task(&req.task_id));
         }
         let task = self.tasks.entry(req.task_id).or_insert_with(Task::new);
+        if req.private_source {
+            task.private |= task.meta.is_none() && task.resolving.is_none();
+            task.private_fetchers.insert(req.host_id.to_string());
+        }
         if task.source.is_none() {
             task.source = req
                 .source
@@ -85,7 +90,12 @@ impl Cluster {
         }
         let receiver = task.resolution.subscribe();
         let source = task.source.clone();
-        if let Some(seed) = self.pick_seed(&task_id) {
+        let seed = if task.private {
+            None
+        } else {
+            self.pick_seed(&task_id)
+        };
+        if let Some(seed) = seed {
             let command = SeedCommand {
                 task_id: task_id.to_string(),
                 source,
@@ -126,6 +136,7 @@ impl Cluster {
             .cloned();
         let (root, newly_chosen) = match alive {
             Some(root) => (root, false),
+            None if task.private => (self.private_root(task_id, asking, now), true),
             None => {
                 let seed = self.pick_seed(&task_id);
                 (seed.unwrap_or_else(|| asking.to_string()), true)
@@ -150,6 +161,24 @@ impl Cluster {
             }
         }
         self.make_root(task_id, &root)
+    }
+
+    /// A new root for a private task: a live host that has its own origin
+    /// headers for it, `asking` first. With none left, `asking` itself: its
+    /// origin requests then fail with the origin's own refusal, which is
+    /// what that host's user must hear.
+    fn private_root(&self, task_id: TaskId, asking: &str, now: Instant) -> String {
+        let fetchers = &self.tasks[&task_id].private_fetchers;
+        let live = |h: &&String| self.hosts.get(*h).is_some_and(|h| !h.is_isolated(now));
+        if fetchers.contains(asking) {
+            return asking.to_string();
+        }
+        fetchers
+            .iter()
+            .filter(live)
+            .min()
+            .cloned()
+            .unwrap_or_else(|| asking.to_string())
     }
 
     fn make_root(&mut self, task_id: TaskId, host_id: &str) -> String {
@@ -194,7 +223,7 @@ impl Cluster {
         &mut self,
         host_id: &str,
         task_id: TaskId,
-        result: Result<TaskMeta, OriginError>,
+        result: Result<TaskMeta, RemoteError>,
     ) -> Result<(), Status> {
         let task = self
             .tasks
@@ -204,9 +233,10 @@ impl Cluster {
             return Ok(());
         }
         if task.resolving.as_ref().is_none_or(|(h, _)| h != host_id) {
-            return Err(Status::failed_precondition(format!(
-                "host {host_id} was not asked to resolve task {task_id}"
-            )));
+            return Err(status(
+                ErrorKind::Denied,
+                format!("host {host_id} was not asked to resolve task {task_id}"),
+            ));
         }
         match result {
             Ok(meta) => {
@@ -237,11 +267,11 @@ fn check_meta_matches(task_id: &TaskId, meta: &TaskMeta) -> Result<(), Status> {
     let source = meta
         .source
         .as_ref()
-        .ok_or_else(|| Status::invalid_argument("task metadata lacks its source"))?;
+        .ok_or_else(|| invalid("task metadata lacks its source"))?;
     let derived = TaskId::from_source(&source.url, &source.tag, &source.application)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     if derived != *task_id || meta.task_id != task_id.to_string() {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(format!(
             "metadata for task {task_id} describes another task"
         )));
     }

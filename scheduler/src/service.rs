@@ -2,6 +2,7 @@
 //! them to the shared [`Cluster`].
 
 use crate::state::{Cluster, RegisterRequest, Registration, Resolution};
+use api::error::{ErrorKind, RemoteError, invalid, parse_task_id, status};
 use api::proto::scheduler_server::Scheduler;
 use api::proto::*;
 use api::task::TaskId;
@@ -32,11 +33,6 @@ impl SchedulerService {
     }
 }
 
-fn parse_task_id(text: &str) -> Result<TaskId, Status> {
-    text.parse()
-        .map_err(|e: api::task::TaskError| Status::invalid_argument(e.to_string()))
-}
-
 /// The task-id a RegisterPeer names: derived from the source when there is
 /// one (and then it must agree with any task-id given), else the one given.
 fn register_task_id(req: &RegisterPeerRequest) -> Result<TaskId, Status> {
@@ -44,25 +40,11 @@ fn register_task_id(req: &RegisterPeerRequest) -> Result<TaskId, Status> {
         return parse_task_id(&req.task_id);
     };
     let derived = TaskId::from_source(&source.url, &source.tag, &source.application)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     if !req.task_id.is_empty() && parse_task_id(&req.task_id)? != derived {
-        return Err(Status::invalid_argument(
-            "task_id does not match the source",
-        ));
+        return Err(invalid("task_id does not match the source"));
     }
     Ok(derived)
-}
-
-/// An origin failure, reported by the resolver, as the status every
-/// waiting peer receives.
-pub fn origin_status(error: &OriginError) -> Status {
-    let code = match error.http_status {
-        404 | 410 => tonic::Code::NotFound,
-        401 | 403 => tonic::Code::PermissionDenied,
-        0 | 500..=599 => tonic::Code::Unavailable,
-        _ => tonic::Code::FailedPrecondition,
-    };
-    Status::new(code, error.message.clone())
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<SeedCommand, Status>> + Send>>;
@@ -76,11 +58,9 @@ impl Scheduler for SchedulerService {
         let host = request
             .into_inner()
             .host
-            .ok_or_else(|| Status::invalid_argument("host is required"))?;
+            .ok_or_else(|| invalid("host is required"))?;
         if host.host_id.is_empty() || host.upload_addr.is_empty() {
-            return Err(Status::invalid_argument(
-                "host_id and upload_addr are required",
-            ));
+            return Err(invalid("host_id and upload_addr are required"));
         }
         let mut cluster = self.lock();
         let resync = cluster.announce_host(host, Instant::now());
@@ -116,6 +96,7 @@ impl Scheduler for SchedulerService {
                     want_whole: req.want_whole,
                     bitmap: (!req.bitmap.is_empty()).then_some(req.bitmap.as_slice()),
                     meta: req.meta.clone(),
+                    private_source: req.private_source,
                 },
                 Instant::now(),
             )?;
@@ -127,13 +108,16 @@ impl Scheduler for SchedulerService {
             let wake = (tokio::time::Instant::now() + Duration::from_secs(3)).min(deadline);
             let _ = tokio::time::timeout_at(wake, waiting.changed()).await;
             if let Resolution::Failed(error) = &*waiting.borrow() {
-                return Err(origin_status(error));
+                return Err(error.to_status());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::deadline_exceeded(format!(
-                    "task {task_id}: nobody resolved the metadata within {}s",
-                    RESOLVE_WAIT.as_secs()
-                )));
+                return Err(status(
+                    ErrorKind::Timeout,
+                    format!(
+                        "task {task_id}: nobody resolved the metadata within {}s",
+                        RESOLVE_WAIT.as_secs()
+                    ),
+                ));
             }
         }
     }
@@ -179,8 +163,10 @@ impl Scheduler for SchedulerService {
         let task_id = parse_task_id(&req.task_id)?;
         let result = match req.result {
             Some(report_task_meta_request::Result::Meta(meta)) => Ok(meta),
-            Some(report_task_meta_request::Result::Error(error)) => Err(error),
-            None => return Err(Status::invalid_argument("a result is required")),
+            Some(report_task_meta_request::Result::Error(error)) => {
+                Err(RemoteError::from_detail(error))
+            }
+            None => return Err(invalid("a result is required")),
         };
         self.lock()
             .report_task_meta(&req.host_id, task_id, result)?;
@@ -207,7 +193,7 @@ impl Scheduler for SchedulerService {
         let host = request
             .into_inner()
             .host
-            .ok_or_else(|| Status::invalid_argument("host is required"))?;
+            .ok_or_else(|| invalid("host is required"))?;
         let (tx, rx) = mpsc::channel(1024);
         tracing::info!(seed = %host.host_id, "seed connected");
         self.lock().attach_seed(host, tx, Instant::now());

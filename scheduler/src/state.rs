@@ -3,10 +3,11 @@
 //! one lock, with no I/O, so the rules can be unit-tested directly; the
 //! gRPC layer (`service.rs`) only translates.
 
+use api::error::{ErrorKind, RemoteError, invalid, status};
 use api::piece::{Bitmap, Layout};
-use api::proto::{HostInfo, OriginError, RegisterPeerResponse, SeedCommand, TaskMeta, TaskSource};
+use api::proto::{HostInfo, RegisterPeerResponse, SeedCommand, TaskMeta, TaskSource};
 use api::task::TaskId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
@@ -75,7 +76,7 @@ impl Host {
 pub enum Resolution {
     Pending,
     Ready(TaskMeta),
-    Failed(OriginError),
+    Failed(RemoteError),
 }
 
 pub struct Peer {
@@ -95,6 +96,11 @@ pub struct Task {
     pub root: Option<String>,
     pub(crate) whole_requested: bool,
     pub(crate) empty_since: Option<Instant>,
+    /// Hosts that fetch this task from the origin with headers of their
+    /// own, which no other host has. A task first registered that way is
+    /// private: no seed roots it, only one of these hosts.
+    pub(crate) private_fetchers: HashSet<String>,
+    pub(crate) private: bool,
 }
 
 impl Task {
@@ -110,12 +116,14 @@ impl Task {
             root: None,
             whole_requested: false,
             empty_since: None,
+            private_fetchers: HashSet::new(),
+            private: false,
         }
     }
 
     pub(crate) fn set_meta(&mut self, meta: TaskMeta) -> Result<(), Status> {
         let layout = Layout::new(meta.content_length, meta.piece_length)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?;
         self.digests = vec![None; layout.piece_count() as usize];
         for peer in self.peers.values_mut() {
             peer.bitmap = Bitmap::new(layout.piece_count());
@@ -160,6 +168,8 @@ pub struct RegisterRequest<'a> {
     pub want_whole: bool,
     pub bitmap: Option<&'a [u8]>,
     pub meta: Option<TaskMeta>,
+    /// The host has origin headers of its own for this task.
+    pub private_source: bool,
 }
 
 pub struct Cluster {
@@ -208,6 +218,7 @@ impl Cluster {
         tracing::info!(host = %host_id, "host left");
         for task in self.tasks.values_mut() {
             task.peers.remove(host_id);
+            task.private_fetchers.remove(host_id);
             if task.root.as_deref() == Some(host_id) {
                 task.root = None;
             }
@@ -221,9 +232,10 @@ impl Cluster {
         if self.hosts.contains_key(host_id) {
             Ok(())
         } else {
-            Err(Status::failed_precondition(format!(
-                "host {host_id} has not announced itself to this scheduler"
-            )))
+            Err(status(
+                ErrorKind::UnknownHost,
+                format!("host {host_id} has not announced itself to this scheduler"),
+            ))
         }
     }
 
@@ -237,6 +249,7 @@ impl Cluster {
     pub fn leave_task(&mut self, host_id: &str, task_id: TaskId, now: Instant) {
         if let Some(task) = self.tasks.get_mut(&task_id) {
             task.peers.remove(host_id);
+            task.private_fetchers.remove(host_id);
             if task.root.as_deref() == Some(host_id) {
                 task.root = None;
             }
@@ -275,7 +288,10 @@ impl Cluster {
 }
 
 pub fn unknown_task(task_id: &TaskId) -> Status {
-    Status::not_found(format!("task {task_id} is unknown to the cluster"))
+    status(
+        ErrorKind::NotFound,
+        format!("task {task_id} is unknown to the cluster"),
+    )
 }
 
 #[cfg(test)]

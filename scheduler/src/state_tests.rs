@@ -40,6 +40,12 @@ fn cluster_with(hosts: &[&str]) -> Cluster {
 }
 
 fn register(c: &mut Cluster, host: &str, url: &str) -> Registration {
+    register_as(c, host, url, false)
+}
+
+/// Registers `host` for `url`, saying whether it has origin headers of its
+/// own for it.
+fn register_as(c: &mut Cluster, host: &str, url: &str, private_source: bool) -> Registration {
     let (id, _) = meta_for(url, 0);
     c.register_peer(
         RegisterRequest {
@@ -49,6 +55,7 @@ fn register(c: &mut Cluster, host: &str, url: &str) -> Registration {
             want_whole: true,
             bitmap: None,
             meta: None,
+            private_source,
         },
         Instant::now(),
     )
@@ -103,12 +110,9 @@ fn without_a_seed_the_first_peer_resolves_and_others_wait() {
     assert!(!second.is_root && !second.must_resolve);
 }
 
-#[test]
-fn a_connected_seed_resolves_and_roots_new_tasks() {
-    let url = "http://origin/seeded";
-    let (id, meta) = meta_for(url, 2 * MIB);
-    let mut c = cluster_with(&["a"]);
-    let (tx, mut rx) = mpsc::channel(8);
+/// Connects a seed named "seed"; its commands arrive on the receiver.
+fn attach_seed(c: &mut Cluster) -> mpsc::Receiver<Result<SeedCommand, Status>> {
+    let (tx, rx) = mpsc::channel(8);
     c.attach_seed(
         HostInfo {
             is_seed: true,
@@ -117,6 +121,15 @@ fn a_connected_seed_resolves_and_roots_new_tasks() {
         tx,
         Instant::now(),
     );
+    rx
+}
+
+#[test]
+fn a_connected_seed_resolves_and_roots_new_tasks() {
+    let url = "http://origin/seeded";
+    let (id, meta) = meta_for(url, 2 * MIB);
+    let mut c = cluster_with(&["a"]);
+    let mut rx = attach_seed(&mut c);
     assert!(matches!(register(&mut c, "a", url), Registration::Wait(_)));
     let command = rx.try_recv().unwrap().unwrap();
     assert_eq!(command.task_id, id.to_string());
@@ -139,10 +152,7 @@ fn an_origin_failure_reaches_waiters_and_forgets_the_task() {
     let Registration::Wait(rx) = register(&mut c, "b", url) else {
         panic!("expected a wait");
     };
-    let error = OriginError {
-        http_status: 404,
-        message: "origin returned 404".into(),
-    };
+    let error = api::error::RemoteError::origin(404, false, "origin returned 404");
     c.report_task_meta("a", id, Err(error.clone())).unwrap();
     assert_eq!(*rx.borrow(), Resolution::Failed(error));
     assert!(c.stat_task(&id).is_err());
@@ -208,6 +218,45 @@ fn only_the_root_may_report_digests() {
     let err = report(&mut c, "other", id, &[0], &[0]).unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     report(&mut c, "root", id, &[0], &[0]).unwrap();
+}
+
+#[test]
+fn a_task_fetched_with_private_headers_is_rooted_at_a_host_that_has_them() {
+    let url = "http://origin/private";
+    let (id, meta) = meta_for(url, MIB);
+    let mut c = cluster_with(&["owner", "other", "late"]);
+    let mut seed = attach_seed(&mut c);
+    // The seed lacks the headers, so it is neither asked nor made root.
+    let resp = done(register_as(&mut c, "owner", url, true));
+    assert!(resp.must_resolve && resp.is_root);
+    assert!(seed.try_recv().is_err(), "a seed was sent a private task");
+    c.report_task_meta("owner", id, Ok(meta)).unwrap();
+    assert!(!done(register(&mut c, "other", url)).is_root);
+    assert!(!done(register_as(&mut c, "late", url, true)).is_root);
+    assert!(seed.try_recv().is_err());
+    // The owner leaves: the next root is the other host with headers, not
+    // the seed and not the host without them.
+    c.remove_host("owner", Instant::now());
+    let resp = c.get_parents("other", id, &[], Instant::now()).unwrap();
+    assert!(!resp.is_root);
+    assert!(
+        resp.parents
+            .iter()
+            .any(|p| p.is_root && p.host_id == "late")
+    );
+}
+
+#[test]
+fn a_task_first_registered_without_headers_stays_public() {
+    let url = "http://origin/public";
+    let mut c = cluster_with(&["a", "b"]);
+    let mut seed = attach_seed(&mut c);
+    assert!(matches!(register(&mut c, "a", url), Registration::Wait(_)));
+    assert!(seed.try_recv().is_ok(), "the seed resolves a public task");
+    assert!(matches!(
+        register_as(&mut c, "b", url, true),
+        Registration::Wait(_)
+    ));
 }
 
 #[test]

@@ -9,9 +9,9 @@
 mod output;
 mod stream;
 
-use api::cli::{Failure, exit, fail, from_status, parse_headers};
+use api::cli::{Failure, exit, fail, from_remote, from_status, parse_headers};
 use api::digest::FileDigest;
-use api::proto::peer_client::PeerClient;
+use api::local::LocalClient;
 use api::proto::{DownloadRequest, Header, TaskInfo, TaskSource};
 use api::task::TaskId;
 use clap::Parser;
@@ -97,30 +97,32 @@ trait Output {
     fn discard(self: Box<Self>);
 }
 
+/// Longest peerd may take to start a download: it may first wait for
+/// another host to resolve the task at the origin.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 async fn download(
     args: &Args,
     headers: Vec<Header>,
     partial: &mut dyn Output,
 ) -> Result<(), Failure> {
-    let channel = api::uds::connect(&args.socket)
+    let client = LocalClient::connect(&args.socket)
         .await
         .map_err(|e| api::cli::peerd_unreachable(&args.socket, &e))?;
-    let mut client = PeerClient::new(channel).max_decoding_message_size(64 << 20);
     let request = DownloadRequest {
         source: Some(TaskSource {
             url: args.url.clone(),
-            headers,
             tag: args.tag.clone(),
             application: args.application.clone(),
         }),
+        headers,
         task_id: String::new(),
         in_order: false,
     };
     let mut stream = client
-        .download(request)
+        .download(request, START_TIMEOUT)
         .await
-        .map_err(|s| from_status(&s, &args.url))?
-        .into_inner();
+        .map_err(|e| from_remote(&e, &args.url))?;
     let bar = progress_bar(args.quiet);
     loop {
         let message = match stream.message().await {

@@ -2,7 +2,8 @@
 //! have many waiters, and each gets the same error.
 
 use crate::origin::OriginError;
-use tonic::{Code, Status};
+use api::error::{ErrorKind, RemoteError};
+use tonic::Status;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -87,47 +88,83 @@ impl EngineError {
         }
     }
 
-    /// Rebuilds an error that crossed the scheduler as a gRPC status.
+    /// Rebuilds an error that crossed the scheduler as a gRPC status, by
+    /// the kind of failure it carries.
     pub fn from_scheduler(status: &Status) -> EngineError {
-        let message = status.message().to_string();
-        // Origin failures found by another host arrive with the origin's
-        // own wording ("origin returned 404 ...", "cannot reach origin ...").
-        let from_origin =
-            message.starts_with("origin") || message.starts_with("cannot reach origin");
-        let origin = |http_status| EngineError::Origin {
-            http_status,
-            retryable: status.code() == Code::Unavailable,
-            message: message.clone(),
-        };
-        match status.code() {
-            Code::NotFound if from_origin => origin(404),
-            Code::PermissionDenied if from_origin => origin(403),
-            _ if from_origin => origin(0),
-            Code::NotFound => EngineError::NotFound(message),
-            Code::InvalidArgument => EngineError::Invalid(message),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+        EngineError::from_remote(RemoteError::from_status(status))
+    }
+
+    pub fn from_remote(error: RemoteError) -> EngineError {
+        let message = error.message;
+        match error.kind {
+            ErrorKind::Origin => EngineError::Origin {
+                http_status: error.http_status,
+                message,
+                retryable: error.retryable,
+            },
+            ErrorKind::NotFound => EngineError::NotFound(message),
+            ErrorKind::Invalid => EngineError::Invalid(message),
+            // No answer, or the scheduler's own answer that it is not there
+            // for this host yet: the caller may degrade to the origin.
+            ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::Scheduler => {
                 EngineError::Scheduler(message)
             }
             _ => EngineError::Unavailable(message),
         }
     }
 
+    /// The error as it crosses to dfget and dffs.
+    pub fn to_remote(&self) -> RemoteError {
+        let message = self.to_string();
+        match self {
+            EngineError::Origin {
+                http_status,
+                retryable,
+                ..
+            } => RemoteError::origin(*http_status, *retryable, message),
+            EngineError::NotFound(_) => RemoteError::new(ErrorKind::NotFound, message),
+            EngineError::Invalid(_) => RemoteError::new(ErrorKind::Invalid, message),
+            EngineError::DiskFull(_) => RemoteError::new(ErrorKind::DiskFull, message),
+            EngineError::Disk(_) => RemoteError::new(ErrorKind::Disk, message),
+            EngineError::Scheduler(_) => RemoteError::new(ErrorKind::Scheduler, message),
+            EngineError::Unavailable(_) => RemoteError::new(ErrorKind::Unavailable, message),
+            EngineError::ShuttingDown => RemoteError::new(ErrorKind::ShuttingDown, message),
+        }
+    }
+
     /// The status dfget and dffs receive.
     pub fn to_status(&self) -> Status {
-        let code = match self {
-            EngineError::Origin { http_status, .. } => match http_status {
-                404 | 410 => Code::NotFound,
-                401 | 403 => Code::PermissionDenied,
-                _ => Code::Unavailable,
-            },
-            EngineError::NotFound(_) => Code::NotFound,
-            EngineError::Invalid(_) => Code::InvalidArgument,
-            EngineError::DiskFull(_) => Code::ResourceExhausted,
-            EngineError::Disk(_) => Code::Internal,
-            EngineError::Scheduler(_) | EngineError::Unavailable(_) | EngineError::ShuttingDown => {
-                Code::Unavailable
+        self.to_remote().to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_failure_keeps_its_http_status_across_the_scheduler() {
+        let sent = RemoteError::origin(403, false, "origin returned 403 Forbidden for u");
+        let got = EngineError::from_scheduler(&sent.to_status());
+        assert!(matches!(
+            got,
+            EngineError::Origin {
+                http_status: 403,
+                retryable: false,
+                ..
             }
-        };
-        Status::new(code, self.to_string())
+        ));
+        assert_eq!(got.to_status().code(), tonic::Code::PermissionDenied);
+        assert_eq!(RemoteError::from_status(&got.to_status()).http_status, 403);
+    }
+
+    #[test]
+    fn a_scheduler_that_does_not_answer_is_told_apart_from_one_that_refuses() {
+        let gone = EngineError::from_scheduler(&Status::unavailable("connection refused"));
+        assert!(matches!(gone, EngineError::Scheduler(_)));
+        // Worded like an origin failure, but not one: the text decides nothing.
+        let said = RemoteError::new(ErrorKind::Unavailable, "origin of the task is resolving");
+        let got = EngineError::from_scheduler(&said.to_status());
+        assert!(matches!(got, EngineError::Unavailable(_)));
     }
 }

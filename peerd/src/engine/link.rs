@@ -7,6 +7,7 @@
 //! except a root's digests, which must reach the scheduler before any child
 //! can verify the piece.
 
+use api::error::{ErrorKind, RemoteError, status, timed};
 use api::proto::scheduler_client::SchedulerClient;
 use api::proto::*;
 use api::task::TaskId;
@@ -14,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
 
 /// How often batched reports go out.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
@@ -134,10 +135,10 @@ impl SchedulerLink {
         F: Fn(SchedulerClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut last = Status::unavailable("no scheduler configured");
+        let mut last = status(ErrorKind::Scheduler, "no scheduler configured");
         for scheduler in self.order(task) {
             let mut result = f(scheduler.client.clone(), timeout).await;
-            if matches!(&result, Err(s) if s.code() == Code::FailedPrecondition && s.message().contains("has not announced"))
+            if matches!(&result, Err(s) if RemoteError::from_status(s).kind == ErrorKind::UnknownHost)
             {
                 // The scheduler restarted or has not heard from us yet.
                 self.announce_to(scheduler).await;
@@ -145,13 +146,16 @@ impl SchedulerLink {
             }
             match result {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) if unreachable(&status) => {
-                    tracing::debug!(scheduler = %scheduler.addr, "scheduler unreachable: {}", status.message());
-                    last = Status::unavailable(format!(
-                        "scheduler {} is unreachable: {}",
-                        scheduler.addr,
-                        status.message()
-                    ));
+                Err(failed) if RemoteError::from_status(&failed).is_transport() => {
+                    tracing::debug!(scheduler = %scheduler.addr, "scheduler unreachable: {}", failed.message());
+                    last = status(
+                        ErrorKind::Scheduler,
+                        format!(
+                            "scheduler {} is unreachable: {}",
+                            scheduler.addr,
+                            failed.message()
+                        ),
+                    );
                 }
                 Err(status) => return Err(status),
             }
@@ -184,7 +188,7 @@ impl SchedulerLink {
             })
             .await?;
         resp.meta
-            .ok_or_else(|| Status::internal("scheduler sent no metadata"))
+            .ok_or_else(|| status(ErrorKind::Internal, "scheduler sent no metadata"))
     }
 
     pub async fn get_parents(
@@ -389,17 +393,4 @@ impl SchedulerLink {
     pub fn scheduler_addr(&self, index: usize) -> &str {
         &self.schedulers[index].addr
     }
-}
-
-fn timed<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut req = Request::new(message);
-    req.set_timeout(timeout);
-    req
-}
-
-/// Transport failures, as opposed to answers: only these fail over.
-/// tonic attaches the underlying error to a status it made itself.
-fn unreachable(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        && (std::error::Error::source(status).is_some() || status.message().contains("transport"))
 }

@@ -20,13 +20,14 @@ pub use error::EngineError;
 use link::SchedulerLink;
 pub use task::Task;
 
-use crate::origin::Origin;
+use crate::origin::{Credentials, Origin};
 use crate::ratelimit::HostLimits;
 use crate::storage::{Journal, Store};
 use crate::upload::client::PeerClient;
+use api::error::RemoteError;
 use api::piece::Layout;
 use api::proto::{
-    OriginError, Priority, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
+    Priority, RegisterPeerRequest, SeedCommand, TaskInfo, TaskMeta, TaskSource,
     report_task_meta_request,
 };
 use api::task::TaskId;
@@ -191,29 +192,38 @@ impl Engine {
     /// Opens the task for a URL: from the cache when it is there (no
     /// network at all), else by joining it at the scheduler, resolving the
     /// metadata at the origin if this host is the first to ask.
+    /// `credentials` (the caller's origin headers) stay on this host: the
+    /// scheduler learns only that they exist, and roots the task here
+    /// rather than at a seed that lacks them.
     pub async fn open_source(
         &self,
         source: TaskSource,
+        credentials: Credentials,
         want_whole: bool,
     ) -> Result<Arc<Task>, EngineError> {
         let id = TaskId::from_source(&source.url, &source.tag, &source.application)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        crate::origin::request_headers(&source.headers)?;
         if let Some(task) = self.task(&id) {
+            task.offer_credentials(&credentials);
             return Ok(task);
         }
         let lock = self.open_lock(id);
         let _opening = lock.lock().await;
         if let Some(task) = self.task(&id) {
+            task.offer_credentials(&credentials);
             return Ok(task);
         }
         let request = RegisterPeerRequest {
             source: Some(source.clone()),
             want_whole,
+            private_source: !credentials.is_empty(),
             ..Default::default()
         };
         let (meta, is_root) = match self.inner.link.register_peer(&id, request).await {
-            Ok(resp) if resp.must_resolve => (self.resolve_and_report(id, &source).await?, true),
+            Ok(resp) if resp.must_resolve => (
+                self.resolve_and_report(id, &source, &credentials).await?,
+                true,
+            ),
             Ok(resp) => (
                 resp.meta
                     .ok_or_else(|| EngineError::Scheduler("no metadata in the answer".into()))?,
@@ -223,12 +233,13 @@ impl Engine {
                 EngineError::Scheduler(why) => {
                     // Degrade to a plain download rather than fail.
                     tracing::warn!(task = %id, "scheduler unavailable ({why}); fetching from the origin directly");
-                    (self.resolve(id, &source).await?, true)
+                    (self.resolve(id, &source, &credentials).await?, true)
                 }
                 other => return Err(other),
             },
         };
         let task = self.insert_new(id, meta)?;
+        task.offer_credentials(&credentials);
         task.lock().is_root = is_root;
         Ok(task)
     }
@@ -302,8 +313,13 @@ impl Engine {
     }
 
     /// Learns the object's metadata at the origin.
-    async fn resolve(&self, id: TaskId, source: &TaskSource) -> Result<TaskMeta, EngineError> {
-        let resolved = self.inner.origin.resolve(source).await?;
+    async fn resolve(
+        &self,
+        id: TaskId,
+        source: &TaskSource,
+        credentials: &Credentials,
+    ) -> Result<TaskMeta, EngineError> {
+        let resolved = self.inner.origin.resolve(source, credentials).await?;
         Ok(TaskMeta {
             task_id: id.to_string(),
             source: Some(source.clone()),
@@ -321,8 +337,9 @@ impl Engine {
         &self,
         id: TaskId,
         source: &TaskSource,
+        credentials: &Credentials,
     ) -> Result<TaskMeta, EngineError> {
-        let meta = self.resolve_or_report(id, source).await?;
+        let meta = self.resolve_or_report(id, source, credentials).await?;
         self.report_meta(id, &meta).await?;
         Ok(meta)
     }
@@ -333,22 +350,20 @@ impl Engine {
         &self,
         id: TaskId,
         source: &TaskSource,
+        credentials: &Credentials,
     ) -> Result<TaskMeta, EngineError> {
-        let error = match self.resolve(id, source).await {
+        let error = match self.resolve(id, source, credentials).await {
             Ok(meta) => return Ok(meta),
             Err(error) => error,
         };
-        let report = OriginError {
-            http_status: match &error {
-                EngineError::Origin { http_status, .. } => *http_status,
-                _ => 0,
-            },
-            message: error.to_string(),
-        };
+        let report: RemoteError = error.to_remote();
         let _ = self
             .inner
             .link
-            .report_task_meta(&id, report_task_meta_request::Result::Error(report))
+            .report_task_meta(
+                &id,
+                report_task_meta_request::Result::Error(report.to_detail()),
+            )
             .await;
         Err(error)
     }
@@ -369,6 +384,7 @@ impl Engine {
         let request = RegisterPeerRequest {
             bitmap: task.lock().present.as_bytes().to_vec(),
             meta: Some(task.meta.clone()),
+            private_source: !task.credentials().is_empty(),
             ..Default::default()
         };
         let resp = self
@@ -422,6 +438,7 @@ impl Engine {
                 want_whole: true,
                 // Lets a scheduler that restarted learn the task again.
                 meta: Some(task.meta.clone()),
+                private_source: !task.credentials().is_empty(),
                 ..Default::default()
             };
             match engine.inner.link.register_peer(&task.id, request).await {
@@ -480,7 +497,9 @@ impl Engine {
                 let source = command
                     .source
                     .ok_or_else(|| EngineError::Invalid("seed command without a source".into()))?;
-                let meta = self.resolve_or_report(id, &source).await?;
+                let meta = self
+                    .resolve_or_report(id, &source, &Credentials::default())
+                    .await?;
                 (self.insert_new(id, meta)?, true)
             }
         };

@@ -35,7 +35,13 @@ pub(super) async fn fetch(
         }
         let range = task.layout.piece_range(n);
         let started = Instant::now();
-        match engine.inner.origin.get(&task.meta, range.clone()).await? {
+        let credentials = task.credentials();
+        match engine
+            .inner
+            .origin
+            .get(&task.meta, &credentials, range.clone())
+            .await?
+        {
             Body::Range(response) => {
                 learned_ranges_work(engine, task);
                 let bytes = read_exact(

@@ -79,7 +79,12 @@ pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
     let _slot = engine.inner.slots.acquire(priority.clone()).await;
     let _permit = task.origin_gate.acquire(priority).await;
     let mut pending = claims.into_iter().peekable();
-    let result = match engine.inner.origin.get(&task.meta, range.clone()).await {
+    let credentials = task.credentials();
+    let answer = engine
+        .inner
+        .origin
+        .get(&task.meta, &credentials, range.clone());
+    let result = match answer.await {
         Ok(Body::Range(response)) => receive(&engine, &task, response, &mut pending, label).await,
         // The origin said it serves ranges, or once did, and now sends the
         // whole object: that one answer serves every piece, and the claims

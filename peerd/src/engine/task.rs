@@ -2,6 +2,7 @@
 //! fetched, who may serve the rest, and how waiters learn of progress.
 
 use super::{Engine, EngineError, fetch};
+use crate::origin::Credentials;
 use crate::storage::TaskFile;
 use api::digest::PieceDigest;
 use api::piece::{Bitmap, Layout};
@@ -36,6 +37,9 @@ pub struct Task {
     pub(super) origin_gate: Arc<super::slots::Slots>,
     /// Digests this host, as root, has yet to report (see `publish`).
     pub(super) publisher: super::publish::Publisher,
+    /// The origin headers a local caller gave for this task, in memory
+    /// only (see `origin::Credentials`).
+    credentials: Mutex<Credentials>,
 }
 
 /// A parent as last described by the scheduler.
@@ -168,7 +172,24 @@ impl Task {
             refresh: tokio::sync::Mutex::new(()),
             origin_gate: super::slots::Slots::new(1),
             publisher: Default::default(),
+            credentials: Mutex::default(),
         })
+    }
+
+    /// The headers to send to the origin for this task.
+    pub fn credentials(&self) -> Credentials {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps the latest headers a local caller gave; an empty set leaves
+    /// the ones held (a caller without them may still read the task).
+    pub fn offer_credentials(&self, credentials: &Credentials) {
+        if !credentials.is_empty() {
+            *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = credentials.clone();
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
