@@ -8,7 +8,7 @@
 //! - [`error`]: the structured error every service attaches to a status.
 //! - [`config`]: `--config FILE` support for every daemon.
 //! - [`local`]: the client of peerd's local API (dfget, dffs).
-//! - [`uds`]: a gRPC channel over a Unix socket.
+//! - [`transport`]: where every connection is made and accepted.
 //! - [`telemetry`]: logging and the Prometheus `/metrics` endpoint.
 //! - [`buffers`]: reusable byte buffers for the data path.
 
@@ -21,7 +21,7 @@ pub mod local;
 pub mod piece;
 pub mod task;
 pub mod telemetry;
-pub mod uds;
+pub mod transport;
 
 /// Generated protobuf messages and gRPC services (`proto/*.proto`, all in
 /// package `dffs.v1`).

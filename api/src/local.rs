@@ -30,14 +30,14 @@ pub struct LocalClient {
 impl LocalClient {
     /// A client that dials on first use and redials after peerd restarts.
     pub fn lazy(socket: &Path) -> LocalClient {
-        LocalClient::over(crate::uds::connect_lazy(socket), socket)
+        LocalClient::over(crate::transport::connect_local_lazy(socket), socket)
     }
 
     /// Connects now, failing at once when nothing listens on `socket`
     /// (see [`crate::cli::peerd_unreachable`] for the message to show).
     pub async fn connect(socket: &Path) -> Result<LocalClient, tonic::transport::Error> {
         Ok(LocalClient::over(
-            crate::uds::connect(socket).await?,
+            crate::transport::connect_local(socket).await?,
             socket,
         ))
     }

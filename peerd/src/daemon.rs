@@ -1,13 +1,14 @@
 //! Starting and stopping peerd (and the seed, which is peerd in seed mode).
 
+use crate::background;
 use crate::config::{Advertise, PeerdArgs};
-use crate::engine::link::SchedulerLink;
-use crate::engine::{Engine, Parts, Settings};
+use crate::engine::{Engine, EngineParts, EngineSettings};
+use crate::link::{SchedulerLink, SchedulerName};
 use crate::local_api::LocalApi;
 use crate::origin::Origin;
 use crate::ratelimit::{ByteLimit, HostLimits};
 use crate::storage::Store;
-use crate::upload::client::PeerClient;
+use crate::upload::client::PieceClient;
 use crate::upload::server::UploadServer;
 use anyhow::Context;
 use api::proto::HostInfo;
@@ -16,9 +17,10 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
     let role = if args.seed { "seed" } else { "peerd" };
@@ -31,7 +33,14 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
             args.upload_addr
         )
     })?;
-    let advertised = advertised_addr(&args, upload.local_addr()?);
+    let names = args
+        .scheduler
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| SchedulerName::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let schedulers = background::resolve_names(&names)?;
+    let advertised = advertised_addr(&args, upload.local_addr()?, schedulers[0]);
     let host = HostInfo {
         host_id: host_id.clone(),
         hostname: hostname(),
@@ -40,83 +49,97 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         upload_limit: args.upload_rate_limit,
         uploads_in_flight: 0,
     };
-    let link = SchedulerLink::new(&args.scheduler, host)?;
+    let link = Arc::new(SchedulerLink::new(&schedulers, host));
     let limits = HostLimits {
         download: ByteLimit::new(args.download_rate_limit),
         upload: ByteLimit::new(args.upload_rate_limit),
     };
     let connect_timeout = Duration::from_secs(args.connect_timeout_seconds.max(1));
-    let engine = Engine::new(Parts {
+    let engine = Engine::new(EngineParts {
         store,
-        link,
-        peers: PeerClient::new(connect_timeout, limits.download.clone()),
+        link: link.clone(),
+        pieces: PieceClient::new(connect_timeout, limits.download.clone()),
         origin: Origin::new(connect_timeout),
-        download_slots: args.download_slots,
         limits: limits.clone(),
-        settings: Settings {
+        settings: EngineSettings {
             requests_per_parent: args.requests_per_parent.max(1),
             origin_requests_per_task: args.origin_requests_per_task.max(1),
             bulk_window: args.download_slots,
             upload_port: advertised.port(),
             commit_interval: Duration::from_millis(args.commit_interval_ms),
+            download_slots: args.download_slots,
+            seed: args.seed,
         },
-        seed: args.seed,
     });
-
     let uploads = Arc::new(UploadServer::new(
         Arc::new(engine.clone()),
         limits.upload.clone(),
         args.max_uploads,
     ));
-    let in_flight = uploads.in_flight();
-    tokio::spawn(uploads.serve(upload));
     let socket = bind_socket(&args.socket).await?;
+
+    // Two stop tokens, so shutdown runs in this order: the local API stops
+    // taking calls (the signal), then the control loops stop (announcing,
+    // seed sessions, following scheduler names, cache collection), then
+    // uploads (children mid-piece got the API's grace period to finish),
+    // then the engine commits every piece, sends the reports still queued
+    // and leaves the cluster, and last the reporter stops.
+    let control = CancellationToken::new();
+    let data = CancellationToken::new();
+    let mut loops = JoinSet::new();
+    let mut data_loops = JoinSet::new();
+    data_loops.spawn(uploads.clone().serve(upload, data.clone()));
+    let reporter = link.clone();
+    let reporter = tokio::spawn({
+        let stop = data.clone();
+        async move { reporter.run_reporter(stop).await }
+    });
+    loops.spawn(background::announce(
+        engine.clone(),
+        uploads.in_flight(),
+        control.clone(),
+    ));
+    loops.spawn(background::follow_names(
+        engine.clone(),
+        names,
+        control.clone(),
+    ));
+    loops.spawn(crate::engine::gc::run(
+        engine.clone(),
+        quota(&args),
+        control.clone(),
+    ));
+    if args.seed {
+        loops.spawn(crate::seed::run(engine.clone(), control.clone()));
+    }
     tracing::info!(role, host = %host_id, upload = %advertised, socket = %args.socket.display(), data = %args.data_dir.display(), "started");
 
-    let reporter = engine.clone();
-    tokio::spawn(async move { reporter.inner.link.run_reporter().await });
-    let announcer = engine.clone();
-    tokio::spawn(async move {
-        loop {
-            announcer
-                .inner
-                .link
-                .set_uploads_in_flight(in_flight.load(Ordering::Relaxed));
-            let (resync, keepalive) = announcer.inner.link.announce().await;
-            for index in resync {
-                announcer.resync(index).await;
-            }
-            tokio::time::sleep(keepalive.unwrap_or(Duration::from_secs(5))).await;
-        }
-    });
-    let quota = crate::engine::gc::Quota {
+    let api = PeerServer::new(LocalApi::new(engine.clone()));
+    api::telemetry::serve_until_signal(|stop| {
+        api::transport::grpc_server()
+            .add_service(api)
+            .serve_with_incoming_shutdown(api::transport::unix_incoming(socket), stop)
+    })
+    .await?;
+    tracing::info!("shutting down");
+    control.cancel();
+    while loops.join_next().await.is_some() {}
+    data.cancel();
+    while data_loops.join_next().await.is_some() {}
+    engine.shutdown().await;
+    reporter.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+fn quota(args: &PeerdArgs) -> crate::engine::gc::Quota {
+    crate::engine::gc::Quota {
         max_bytes: args.cache_max_bytes,
         disk_high_percent: args.disk_high_percent,
         disk_low_percent: args.disk_low_percent.min(args.disk_high_percent),
         interval: Duration::from_secs(args.gc_interval_seconds.max(1)),
         keep_recent: Duration::from_secs(args.gc_keep_recent_seconds),
-    };
-    tokio::spawn(crate::engine::gc::run(engine.clone(), quota));
-    if args.seed {
-        for index in 0..engine.inner.link.scheduler_count() {
-            tokio::spawn(crate::seed::run_session(engine.clone(), index));
-        }
     }
-
-    let api = PeerServer::new(LocalApi::new(engine.clone()));
-    api::telemetry::serve_until_signal(|stop| {
-        tonic::transport::Server::builder()
-            .add_service(api)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(socket),
-                stop,
-            )
-    })
-    .await?;
-    tracing::info!("shutting down");
-    engine.shutdown().await;
-    let _ = std::fs::remove_file(&args.socket);
-    Ok(())
 }
 
 /// Binds the local API socket, replacing a stale one left by a crash but
@@ -144,25 +167,19 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// The address peers dial: the configured IP, else the listening IP,
-/// else the local IP on the route to the first scheduler.
-fn advertised_addr(args: &PeerdArgs, bound: SocketAddr) -> SocketAddr {
-    let first_scheduler = args
-        .scheduler
-        .first()
-        .map_or("127.0.0.1:8002", String::as_str);
+/// else the local IP on the route to a scheduler.
+fn advertised_addr(args: &PeerdArgs, bound: SocketAddr, scheduler: SocketAddr) -> SocketAddr {
     let ip = match args.advertise_addr {
         Some(Advertise::Addr(addr)) => return addr,
         Some(Advertise::Ip(ip)) => ip,
         None if !bound.ip().is_unspecified() => bound.ip(),
-        None => route_ip(first_scheduler).unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        None => route_ip(scheduler).unwrap_or(IpAddr::from([127, 0, 0, 1])),
     };
     SocketAddr::new(ip, bound.port())
 }
 
 /// The source IP the kernel would use toward `target` (no packet is sent).
-fn route_ip(target: &str) -> Option<IpAddr> {
-    use std::net::ToSocketAddrs;
-    let target = target.split("://").last()?.to_socket_addrs().ok()?.next()?;
+fn route_ip(target: SocketAddr) -> Option<IpAddr> {
     let socket = UdpSocket::bind(if target.is_ipv4() {
         "0.0.0.0:0"
     } else {

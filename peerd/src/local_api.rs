@@ -1,6 +1,6 @@
 //! The Peer gRPC service on peerd's Unix socket, used by dfget and dffs.
 
-use crate::engine::{Engine, EngineError, Order, Task};
+use crate::engine::{Engine, EngineError, Order, Task, labels};
 use api::error::{invalid, parse_task_id};
 use api::piece::Bitmap;
 use api::proto::peer_server::Peer;
@@ -66,7 +66,7 @@ impl Peer for LocalApi {
         }
         .map_err(status)?;
         if task.is_complete() {
-            metrics::counter!("dffs_download_bytes_total", "source" => "local", "priority" => "bulk")
+            metrics::counter!("dffs_download_bytes_total", "source" => labels::FROM_CACHE, "priority" => "bulk")
                 .increment(task.layout.content_length);
         }
         let (tx, rx) = mpsc::channel(16);
@@ -126,7 +126,7 @@ impl Peer for LocalApi {
         let fetched = if priority == Priority::Prefetch {
             self.engine.prefetch(&task, pieces).await
         } else {
-            task.ensure(&self.engine, pieces, priority).await
+            self.engine.ensure(&task, pieces, priority).await
         };
         fetched.map_err(status)?;
         Ok(Response::new(EnsureRangeResponse {

@@ -1,26 +1,19 @@
 //! Downloads of many pieces at once (dfget, the seed, preheat, a lazy
-//! reader's read-ahead window): which piece next, and from whom.
+//! reader's read-ahead window): the loop that keeps requests in flight.
 //!
-//! Requests are planned per parent, like a BitTorrent client pipelines
-//! requests per peer: every parent with room for another request from this
-//! host is given the rarest piece it holds that this host still lacks.
-//! Rarest first spreads pieces so that every host soon has something the
-//! others want. Plain peers are used before the root, whose uplink is kept
-//! for pieces nobody else has; the root is asked for pieces it holds first,
-//! then for any piece, which it fetches from the origin on demand. Ties are
-//! broken at random, so hosts that start together ask for different pieces
-//! and can trade them.
-//!
-//! A host that is itself the root fetches everything from the origin, in
-//! order.
+//! Which piece next, and from whom, is `plan`'s choice; this module asks
+//! for fresh parents, starts the planned fetches, waits for any to land and
+//! plans again. A host that is itself the root fetches everything from the
+//! origin, in order, in runs (see `origin_run`).
 
-use super::task::{OriginMode, ParentView, PieceResult, State, Task};
-use super::{Engine, EngineError, fetch, origin_run};
-use api::piece::{Bitmap, ones_in, range_words};
+use super::context::Context;
+use super::error::EngineError;
+use super::plan::{self, Order};
+use super::task::{OriginMode, PieceResult, Task};
+use super::{fetcher, origin_run, refresh, runs};
+use api::piece::Bitmap;
 use api::proto::Priority;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rand::Rng;
-use rand::seq::SliceRandom;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,33 +28,6 @@ const REFRESH_EVERY: Duration = Duration::from_millis(50);
 /// request can be planned.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-/// Pieces per parent that an in-order download treats as one step: within
-/// a step, order is random, so hosts reading in step still fetch different
-/// pieces and trade them.
-const IN_ORDER_REGION: u32 = 64;
-
-/// The step of an in-order download with `parents` usable parents. It
-/// grows with the parents: with one parent (a reader on a fast link) a
-/// short step keeps the download just ahead of the reader, while in a
-/// swarm every host would otherwise want the same few pieces at once.
-/// With 64 pieces a step, 24 hosts on 100 Mbit/s links took 1.33 times the
-/// line-rate bound; with a step per parent, 1.27 (random order: 1.29).
-fn in_order_region(parents: usize) -> u32 {
-    IN_ORDER_REGION.saturating_mul(u32::try_from(parents.max(1)).unwrap_or(u32::MAX))
-}
-
-/// Which of the pieces equally rare in the swarm go first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// At random, so hosts that start together fetch different pieces and
-    /// can trade them (dfget, a seed).
-    Spread,
-    /// Earliest first, for a reader that follows the download: a read-ahead
-    /// window, or a whole-task fetch started for a sequential reader. At
-    /// random, most pieces a reader reached would still be missing.
-    InOrder,
-}
-
 /// How a download ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -74,14 +40,14 @@ pub(super) enum Outcome {
 
 /// Fetches every missing piece of `wanted` at `priority`.
 pub(super) async fn download(
-    engine: &Engine,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
     wanted: Range<u32>,
     priority: Priority,
     order: Order,
 ) -> Result<Outcome, EngineError> {
-    let window = engine.inner.settings.bulk_window.max(1);
-    let cap = engine.inner.settings.requests_per_parent;
+    let window = ctx.settings.bulk_window.max(1);
+    let cap = ctx.settings.requests_per_parent;
     let mut waiting = FuturesUnordered::new();
     let mut chosen = Bitmap::new(task.layout.piece_count());
     let mut refreshed: Option<Instant> = None;
@@ -95,30 +61,33 @@ pub(super) async fn download(
         }
         if !is_root && refreshed.is_none_or(|t| t.elapsed() >= REFRESH_EVERY) {
             refreshed = Some(Instant::now());
-            let (engine, task) = (engine.clone(), task.clone());
+            let (ctx, task) = (ctx.clone(), task.clone());
             tokio::spawn(async move {
-                let _ = fetch::refresh_parents(&engine, &task).await;
+                let _ = refresh::parents(&ctx, &task).await;
             });
         }
         let started: Vec<watch::Receiver<PieceResult>> = if is_root {
-            root_starts(engine, task, &wanted, &mut chosen, waiting.len(), priority)
+            root_starts(ctx, task, &wanted, &mut chosen, waiting.len(), priority)
         } else {
             let room = window.saturating_sub(waiting.len());
-            plan(task, &wanted, &mut chosen, cap, room, order)
+            let planned = {
+                let mut state = task.lock();
+                plan::plan(
+                    &mut state,
+                    task.layout,
+                    &wanted,
+                    &mut chosen,
+                    cap,
+                    room,
+                    order,
+                )
+            };
+            planned
                 .into_iter()
-                .filter_map(|(n, via)| task.start_fetch_via(engine, n, priority, via))
+                .filter_map(|(n, via)| fetcher::start_via(ctx, task, n, priority, via))
                 .collect()
         };
-        for mut done in started {
-            waiting.push(async move {
-                let result = done
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| EngineError::ShuttingDown)?
-                    .clone();
-                result.expect("waited for Some")
-            });
-        }
+        waiting.extend(started.into_iter().map(fetcher::wait));
         if waiting.is_empty() {
             // Nothing to ask anyone yet (no parents known, or all busy).
             let _ = tokio::time::timeout(IDLE_WAIT, task.capacity.notified()).await;
@@ -138,32 +107,12 @@ pub(super) async fn download(
     Ok(Outcome::Done)
 }
 
-/// The pieces of `wanted` that are neither present nor chosen, as words
-/// (see `Bitmap::words`): `plan` runs each time a piece lands, and bit by
-/// bit this scan was most of its cost.
-fn open_words(state: &State, wanted: &Range<u32>, chosen: &Bitmap) -> Vec<u64> {
-    range_words(wanted.clone(), state.present.len())
-        .zip(state.present.words())
-        .zip(chosen.words())
-        .map(|((want, present), chosen)| want & !present & !chosen)
-        .collect()
-}
-
-/// The pieces of `wanted` that are neither present nor chosen, in order.
-fn missing(state: &State, wanted: &Range<u32>, chosen: &Bitmap) -> impl Iterator<Item = u32> {
-    ones_in(open_words(state, wanted, chosen))
-}
-
-/// Runs a root keeps in flight: two, so the next run's request is on its
-/// way while the last one's bytes still arrive.
-const ROOT_RUNS: usize = 2;
-
 /// What a root starts next, in piece order. Once the origin has shown it
 /// honours Range, missing pieces go out in runs of consecutive pieces, one
 /// request each; until then one piece at a time finds out. A piece another
 /// fetch already has on its way (a child asked for it) is waited on.
 fn root_starts(
-    engine: &Engine,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
     wanted: &Range<u32>,
     chosen: &mut Bitmap,
@@ -173,20 +122,20 @@ fn root_starts(
     let mut started = Vec::new();
     if task.lock().origin != OriginMode::Ranged {
         if in_flight == 0 {
-            let first = missing(&task.lock(), wanted, chosen).next();
+            let first = plan::missing(&task.lock(), wanted, chosen).next();
             if let Some(n) = first {
                 chosen.set(n);
-                started.extend(task.start_fetches(engine, [n], priority));
+                started.extend(fetcher::start_all(ctx, task, [n], priority));
             }
         }
         return started;
     }
-    let run = origin_run::run_pieces(task.layout) as usize;
-    let mut room = (ROOT_RUNS * run).saturating_sub(in_flight);
+    let run = runs::run_pieces(task.layout) as usize;
+    let mut room = (runs::ROOT_RUNS * run).saturating_sub(in_flight);
     while room > 0 {
         let (next, left) = {
             let state = task.lock();
-            let mut ahead = missing(&state, wanted, chosen);
+            let mut ahead = plan::missing(&state, wanted, chosen);
             (ahead.next(), ahead.take(run).count() + 1)
         };
         let Some(n) = next else { break };
@@ -199,7 +148,7 @@ fn root_starts(
             // Present or being fetched already: wait on that.
             chosen.set(n);
             room -= 1;
-            started.extend(task.start_fetches(engine, [n], priority));
+            started.extend(fetcher::start_all(ctx, task, [n], priority));
             continue;
         }
         for claim in &claims {
@@ -207,272 +156,7 @@ fn root_starts(
             started.push(claim.done.subscribe());
         }
         room -= claims.len();
-        tokio::spawn(origin_run::fetch(engine.clone(), task.clone(), claims));
+        tokio::spawn(origin_run::fetch(ctx.clone(), task.clone(), claims));
     }
     started
-}
-
-/// Requests for parents with room, at most `room` of them, each counted
-/// in the parent's load at once.
-///
-/// This runs every time a piece lands, in every download on the host, so
-/// the missing pieces are ranked once per call (see `Candidate`) and each
-/// parent takes the first it can serve.
-fn plan(
-    task: &Task,
-    wanted: &Range<u32>,
-    chosen: &mut Bitmap,
-    cap: u32,
-    room: usize,
-    order: Order,
-) -> Vec<(u32, ParentView)> {
-    let mut state = task.lock();
-    let now = Instant::now();
-    let count = task.layout.piece_count();
-    let usable = |p: &&ParentView| {
-        state
-            .blocked
-            .get(&p.host_id)
-            .is_none_or(|until| *until <= now)
-    };
-    let has_room = |p: &ParentView| load(&state, p) < cap && (room > 0 || p.is_root);
-    if !state.parents.iter().filter(usable).any(has_room) {
-        return Vec::new();
-    }
-    let open = open_words(&state, wanted, chosen);
-    // How many usable plain parents hold each open piece. A parent that is
-    // blocked (down, or lying) must not keep the root from serving.
-    let mut holders = vec![0u32; count as usize];
-    for p in state.parents.iter().filter(usable).filter(|p| !p.is_root) {
-        let held_and_open = p.bitmap.words().zip(&open).map(|(held, open)| held & open);
-        for n in ones_in(held_and_open) {
-            holders[n as usize] += 1;
-        }
-    }
-    let mut rng = rand::rng();
-    let mut asked: Vec<usize> = (0..state.parents.len())
-        .filter(|&i| usable(&&state.parents[i]))
-        .collect();
-    let region_len = in_order_region(asked.len());
-    let mut ranked: Vec<Candidate> = ones_in(open.iter().copied())
-        .map(|n| Candidate {
-            holders: holders[n as usize],
-            region: match order {
-                Order::Spread => 0,
-                Order::InOrder => n / region_len,
-            },
-            tie: rng.random(),
-            n,
-        })
-        .collect();
-    if ranked.is_empty() {
-        return Vec::new();
-    }
-    ranked.sort_unstable();
-    asked.shuffle(&mut rng);
-    // Plain peers first, within the room; the root after them, outside
-    // it. New pieces exist only at the root, and a host whose room is
-    // full of requests to busy peers would otherwise ask for them late:
-    // the whole swarm then trails the root, and the root's uplink idles.
-    asked.sort_by_key(|&i| state.parents[i].is_root);
-    let window = root_window(task);
-    let state = &mut *state;
-    let mut plans = Vec::new();
-    for parent in asked.into_iter().map(|i| &state.parents[i]) {
-        let mut load = load(state, parent);
-        let before = plans.len();
-        while (plans.len() < room || parent.is_root) && load < cap {
-            let Some(n) = best_piece(&ranked, parent, chosen, window) else {
-                break;
-            };
-            chosen.set(n);
-            load += 1;
-            plans.push((n, parent.clone()));
-        }
-        // Written back only for parents given work: this runs on every
-        // landed piece, and most parents get nothing.
-        if plans.len() > before {
-            state.load.insert(parent.host_id.clone(), load);
-        }
-    }
-    plans
-}
-
-/// A missing piece as `plan` ranks it: the fields compare in order, so
-/// sorting puts the rarest first, then (for an in-order download) the
-/// earliest region, then a random pick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Candidate {
-    /// Usable plain parents holding it.
-    holders: u32,
-    region: u32,
-    tie: u32,
-    n: u32,
-}
-
-fn load(state: &State, parent: &ParentView) -> u32 {
-    state.load.get(&parent.host_id).copied().unwrap_or(0)
-}
-
-/// How far past the root's lowest missing piece a host asks it for pieces
-/// it must still fetch: the pieces of the runs a root keeps in flight.
-fn root_window(task: &Task) -> u32 {
-    (ROOT_RUNS as u32).saturating_mul(origin_run::run_pieces(task.layout))
-}
-
-/// The piece to ask `parent` for, from `ranked` (rarest first): the rarest
-/// it holds; from the root, only pieces no plain parent holds, one it
-/// holds before one it must fetch from the origin.
-fn best_piece(
-    ranked: &[Candidate],
-    parent: &ParentView,
-    chosen: &Bitmap,
-    root_window: u32,
-) -> Option<u32> {
-    let open = ranked.iter().filter(|c| !chosen.get(c.n));
-    if !parent.is_root {
-        return open.map(|c| c.n).find(|&n| parent.bitmap.get(n));
-    }
-    let must_fetch = || open.clone().take_while(|c| c.holders == 0).map(|c| c.n);
-    let mut lowest = None;
-    for n in must_fetch() {
-        if parent.bitmap.get(n) {
-            return Some(n);
-        }
-        lowest = Some(lowest.map_or(n, |m: u32| m.min(n)));
-    }
-    // Of the pieces the root must fetch, one of those its runs in flight
-    // will bring, taken in rank order (at random among equals): they are
-    // on their way already, and askers who meet on one are spread by the
-    // root's fan-out rather than each costing it an origin request. Not
-    // the lowest: then every host asked for the same few pieces, the host
-    // that asked first was sent each of them first, and all the others
-    // were sent to it; its links carried the start of the swarm (peers'
-    // downlinks ran at 0.29 of line rate in the first second, 0.43 with
-    // this window; 24 hosts took 1.25 of the bound, 1.24 with it, in
-    // interleaved runs).
-    let lowest = lowest?;
-    must_fetch().find(|&n| n < lowest.saturating_add(root_window))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::Store;
-    use api::piece::Layout;
-    use api::proto::TaskMeta;
-
-    /// A task of `pieces` pieces, none present, with one plain parent
-    /// holding all of them.
-    fn task_with_a_full_parent(dir: &std::path::Path, pieces: u32) -> Arc<Task> {
-        let layout = Layout::new(u64::from(pieces) << 18, 1 << 18).expect("valid layout");
-        let id = "ab".repeat(32).parse().expect("valid id");
-        let meta = TaskMeta::default();
-        let file = Store::open(dir)
-            .expect("store")
-            .create(id, &meta, layout)
-            .expect("task file");
-        let task = Task::new(id, meta, layout, file, None);
-        let mut bitmap = Bitmap::new(pieces);
-        for n in 0..pieces {
-            bitmap.set(n);
-        }
-        task.lock().parents.push(ParentView {
-            host_id: "parent".into(),
-            addr: "127.0.0.1:1".into(),
-            is_root: false,
-            bitmap,
-        });
-        task
-    }
-
-    #[test]
-    fn the_root_is_asked_for_a_piece_its_runs_will_bring_unless_it_holds_one_nobody_else_does() {
-        let root = |held: &[u32]| {
-            let mut bitmap = Bitmap::new(16);
-            for &n in held {
-                bitmap.set(n);
-            }
-            ParentView {
-                host_id: "root".into(),
-                addr: "127.0.0.1:1".into(),
-                is_root: true,
-                bitmap,
-            }
-        };
-        // Sorted as `plan` sorts them: pieces 9, 4 and 12 are held by no
-        // plain parent, 2 by one.
-        let candidate = |holders, tie, n| Candidate {
-            holders,
-            region: 0,
-            tie,
-            n,
-        };
-        let ranked = [
-            candidate(0, 5, 9),
-            candidate(0, 7, 4),
-            candidate(0, 9, 12),
-            candidate(1, 1, 2),
-        ];
-        let chosen = Bitmap::new(16);
-        assert_eq!(best_piece(&ranked, &root(&[]), &chosen, 1), Some(4));
-        assert_eq!(best_piece(&ranked, &root(&[12]), &chosen, 1), Some(12));
-        let mut taken = Bitmap::new(16);
-        taken.set(4);
-        assert_eq!(best_piece(&ranked, &root(&[]), &taken, 1), Some(9));
-        // Within the window of the root's runs, the first in rank order:
-        // hosts that rank at random ask for different pieces.
-        assert_eq!(best_piece(&ranked, &root(&[]), &chosen, 6), Some(9));
-        assert_eq!(best_piece(&ranked, &root(&[]), &chosen, 5), Some(4));
-    }
-
-    /// What `plan` asks for first, with `parents` parents that hold all of
-    /// a 1024-piece task.
-    fn first_planned(order: Order, parents: usize) -> Vec<u32> {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let task = task_with_a_full_parent(dir.path(), 1024);
-        let first = task.lock().parents[0].clone();
-        for i in 1..parents {
-            task.lock().parents.push(ParentView {
-                host_id: format!("parent{i}"),
-                ..first.clone()
-            });
-        }
-        let mut chosen = Bitmap::new(1024);
-        let planned = plan(&task, &(0..1024), &mut chosen, 32, 32, order);
-        planned.into_iter().map(|(n, _)| n).collect()
-    }
-
-    #[test]
-    fn in_order_plans_the_earliest_pieces_first_but_spread_does_not() {
-        let in_order = first_planned(Order::InOrder, 1);
-        assert_eq!(in_order.len(), 32);
-        assert!(
-            in_order.iter().all(|&n| n < IN_ORDER_REGION),
-            "an in-order download planned pieces past its first region: {in_order:?}"
-        );
-        // 32 picks at random from 1024 all land in the first 64 with
-        // probability about 1e-39.
-        let spread = first_planned(Order::Spread, 1);
-        assert!(
-            spread.iter().any(|&n| n >= IN_ORDER_REGION),
-            "a spread download planned only the first pieces: {spread:?}"
-        );
-    }
-
-    #[test]
-    fn an_in_order_step_grows_with_the_parents() {
-        // Four parents: a step of 256 pieces. 32 picks from it all land in
-        // the first 64 with probability about 1e-19.
-        let planned = first_planned(Order::InOrder, 4);
-        assert_eq!(planned.len(), 32);
-        assert!(
-            planned.iter().all(|&n| n < 4 * IN_ORDER_REGION),
-            "planned past the first step: {planned:?}"
-        );
-        assert!(
-            planned.iter().any(|&n| n >= IN_ORDER_REGION),
-            "four parents still got a one-parent step: {planned:?}"
-        );
-    }
 }

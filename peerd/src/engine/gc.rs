@@ -2,7 +2,8 @@
 //! disk under it fills up, the least recently used tasks are deleted.
 //! Tasks with a fetch in progress, or used lately, are kept.
 
-use super::{Engine, Task};
+use super::handle::Engine;
+use super::task::Task;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,9 +21,13 @@ pub struct Quota {
     pub keep_recent: Duration,
 }
 
-pub async fn run(engine: Engine, quota: Quota) {
+/// Collects every `quota.interval` until `stop` is cancelled.
+pub async fn run(engine: Engine, quota: Quota, stop: tokio_util::sync::CancellationToken) {
     loop {
-        tokio::time::sleep(quota.interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(quota.interval) => {}
+            () = stop.cancelled() => return,
+        }
         collect(&engine, &quota);
     }
 }
@@ -32,7 +37,7 @@ pub fn collect(engine: &Engine, quota: &Quota) -> usize {
     let tasks = engine.tasks();
     let mut cached: u64 = tasks.iter().map(|t| t.lock().present_bytes).sum();
     metrics::gauge!("dffs_cache_bytes").set(cached as f64);
-    let disk = DiskUse::of(engine.inner.store.data_dir());
+    let disk = DiskUse::of(engine.ctx.store.data_dir());
     let mut freed_on_disk = 0u64;
     let over = |cached: u64, freed: u64, limit_percent: u8| {
         let over_quota = quota.max_bytes > 0 && cached > quota.max_bytes;

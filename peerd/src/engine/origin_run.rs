@@ -13,27 +13,21 @@
 //! Each piece of a run is stored, published and handed to its waiters as
 //! soon as its last byte arrives, not when the run ends. A piece the run
 //! cannot deliver (the origin failed or cut the body short) goes back to an
-//! ordinary per-piece fetch, which retries it.
+//! ordinary per-piece fetch, which retries it. How long a run is lives in
+//! `runs`.
 
-use super::origin_fetch::{PieceCutter, keep};
+use super::context::Context;
+use super::cutter::PieceCutter;
+use super::error::EngineError;
+use super::origin_body::OriginBody;
+use super::runs::run_pieces;
 use super::task::{Claim, Task};
-use super::{Engine, EngineError};
+use super::{fetcher, labels, landing, origin_fetch};
 use crate::origin::Body;
-use api::piece::Layout;
 use std::iter::Peekable;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::vec::IntoIter;
-
-/// Bytes one run asks for: at 100 Mbit/s about two thirds of a second,
-/// long enough that a request's round trip is a small share of it, short
-/// enough that a reader's urgent piece need not wait behind much.
-pub(super) const RUN_BYTES: u64 = 8 << 20;
-
-/// Pieces in one run of a task with this layout.
-pub(super) fn run_pieces(layout: Layout) -> u32 {
-    u32::try_from((RUN_BYTES / layout.piece_length).max(1)).unwrap_or(u32::MAX)
-}
 
 /// Keeps a root's origin stream up to a run ahead of a child that reads in
 /// order, without waiting for the child to ask.
@@ -46,7 +40,7 @@ pub(super) fn run_pieces(layout: Layout) -> u32 {
 /// fetching reads in order, so the root runs on to `RUN_BYTES` past it. A
 /// random reader's pieces are not adjacent and pull nothing extra, and a
 /// reader that stops leaves at most one run fetched for nothing.
-pub(super) fn read_ahead(engine: &Engine, task: &Arc<Task>, n: u32) {
+pub(super) fn read_ahead(ctx: &Arc<Context>, task: &Arc<Task>, n: u32) {
     let run = run_pieces(task.layout);
     let end = n
         .saturating_add(1)
@@ -62,35 +56,36 @@ pub(super) fn read_ahead(engine: &Engine, task: &Arc<Task>, n: u32) {
     }
     let claims = task.claim_run(gap.start, gap.end, run, api::proto::Priority::Prefetch);
     if !claims.is_empty() {
-        tokio::spawn(fetch(engine.clone(), task.clone(), claims));
+        tokio::spawn(fetch(ctx.clone(), task.clone(), claims));
     }
 }
 
 /// Fetches the claimed pieces, which must be consecutive, with one
 /// request. Every claim ends: delivered here, or handed to a per-piece
 /// fetch.
-pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
+pub(super) async fn fetch(ctx: Arc<Context>, task: Arc<Task>, claims: Vec<Claim>) {
     let (Some(first), Some(last)) = (claims.first(), claims.last()) else {
         return;
     };
     let range = task.layout.piece_range(first.n).start..task.layout.piece_range(last.n).end;
     let priority = first.priority.clone();
-    let label = super::fetch::priority_label(priority.load(Ordering::Relaxed));
-    let _slot = engine.inner.slots.acquire(priority.clone()).await;
+    let label = labels::priority(priority.load(Ordering::Relaxed));
+    let _slot = ctx.slots.acquire(priority.clone()).await;
     let _permit = task.origin_gate.acquire(priority).await;
     let mut pending = claims.into_iter().peekable();
     let credentials = task.credentials();
-    let answer = engine
-        .inner
-        .origin
-        .get(&task.meta, &credentials, range.clone());
+    let answer = ctx.origin.get(&task.meta, &credentials, range.clone());
     let result = match answer.await {
-        Ok(Body::Range(response)) => receive(&engine, &task, response, &mut pending, label).await,
+        Ok(Body::Range(response)) => {
+            let url = origin_fetch::source_url(&task);
+            let mut body = OriginBody::new(&ctx, response, &url, label);
+            receive(&ctx, &task, &mut body, &mut pending).await
+        }
         // The origin said it serves ranges, or once did, and now sends the
         // whole object: that one answer serves every piece, and the claims
         // then find their pieces present.
         Ok(Body::Whole(response)) => {
-            super::origin_fetch::stream_whole_once(&engine, &task, response, label).await
+            origin_fetch::stream_whole_once(&ctx, &task, response, label).await
         }
         Err(e) => Err(e.into()),
     };
@@ -100,27 +95,26 @@ pub(super) async fn fetch(engine: Engine, task: Arc<Task>, claims: Vec<Claim>) {
         tracing::debug!(task = %task.id, "origin run ended early, fetching the rest piece by piece: {e}");
     }
     for claim in pending {
-        task.refetch(&engine, claim);
+        fetcher::spawn(&ctx, &task, claim, None);
     }
 }
 
 /// Reads a run's body, ending each claim as its piece completes.
 async fn receive(
-    engine: &Engine,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
-    mut response: reqwest::Response,
+    body: &mut OriginBody<'_>,
     pending: &mut Peekable<IntoIter<Claim>>,
-    label: &'static str,
 ) -> Result<(), EngineError> {
-    let url = task.meta.source.as_ref().map_or("", |s| s.url.as_str());
     let Some(first) = pending.peek().map(|c| c.n) else {
         return Ok(());
     };
     let mut cutter = PieceCutter::new(task.layout, first..first + pending.len() as u32);
-    while let Some(n) = cutter.next_piece(engine, &mut response, url, label).await? {
-        let claim = pending.next().expect("a claim for every piece of the run");
+    while let Some(n) = cutter.next_piece(body).await? {
+        // The cutter stops at the run's last piece, so a claim is left.
+        let Some(claim) = pending.next() else { break };
         debug_assert_eq!(claim.n, n);
-        let result = keep(engine, task, n, cutter.piece()).map(drop);
+        let result = landing::keep_from_origin(ctx, task, n, cutter.piece()).map(drop);
         task.finish_fetch(n);
         claim.done.send_replace(Some(result.clone()));
         result?;

@@ -1,8 +1,9 @@
 //! The engine as the upload server's source of pieces.
 
-use super::Engine;
 use super::fanout::{Ask, Decision};
-use crate::upload::protocol::{PieceRequest, Status};
+use super::handle::Engine;
+use super::{fetcher, origin_run};
+use crate::upload::protocol::{PieceRequest, ReplyStatus};
 use crate::upload::server::{PieceLocation, PieceProvider, Refusal};
 use api::proto::Priority;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 /// How long a redirected request waits here for a piece on its way.
 const WAIT_FOR_INCOMING: Duration = Duration::from_secs(10);
 
-fn refuse(status: Status, reason: String) -> Refusal {
+fn refuse(status: ReplyStatus, reason: String) -> Refusal {
     Refusal { status, reason }
 }
 
@@ -24,13 +25,13 @@ impl PieceProvider for Engine {
         let task = match self.task(&request.task) {
             Some(task) => task,
             // A seed may hear from a child before its own command arrives.
-            None if self.inner.seed => self
+            None if self.is_seed() => self
                 .open_id(request.task)
                 .await
-                .map_err(|e| refuse(Status::NotFound, e.to_string()))?,
+                .map_err(|e| refuse(ReplyStatus::NotFound, e.to_string()))?,
             None => {
                 return Err(refuse(
-                    Status::NotFound,
+                    ReplyStatus::NotFound,
                     format!("task {} is not held here", request.task),
                 ));
             }
@@ -38,17 +39,17 @@ impl PieceProvider for Engine {
         let n = request.piece;
         if n >= task.layout.piece_count() {
             return Err(refuse(
-                Status::NotFound,
+                ReplyStatus::NotFound,
                 format!("task {} has no piece {n}", task.id),
             ));
         }
-        let is_root = task.lock().is_root;
+        let is_root = task.is_root();
         if is_root {
             // Every in-order ask tops the origin stream up, also one for a
             // piece already here: once a run lands before the child asks
             // for its pieces, topping up only on asks for missing pieces
             // left the stream stalled until the child caught up.
-            super::origin_run::read_ahead(self, &task, n);
+            origin_run::read_ahead(&self.ctx, &task, n);
         }
         // A root spreads every piece; another host only what it holds (it
         // cannot answer for a piece it is not getting).
@@ -68,7 +69,7 @@ impl PieceProvider for Engine {
                 .decide(n, requester, ask, is_root, Instant::now());
             if let Decision::Redirect(to) = decision {
                 metrics::counter!("dffs_upload_redirects_total").increment(1);
-                return Err(refuse(Status::Redirect, to.to_string()));
+                return Err(refuse(ReplyStatus::Redirect, to.to_string()));
             }
         }
         if !task.has_piece(n) {
@@ -79,12 +80,12 @@ impl PieceProvider for Engine {
                 } else {
                     Priority::Prefetch
                 };
-                task.ensure(self, n..n + 1, priority)
+                fetcher::ensure(&self.ctx, &task, n..n + 1, priority)
                     .await
-                    .map_err(|e| refuse(Status::Failed, e.to_string()))?;
+                    .map_err(|e| refuse(ReplyStatus::Failed, e.to_string()))?;
             } else if !(request.wait && task.wait_for_piece(n, WAIT_FOR_INCOMING).await) {
                 return Err(refuse(
-                    Status::NotFound,
+                    ReplyStatus::NotFound,
                     format!("piece {n} is not held here"),
                 ));
             }

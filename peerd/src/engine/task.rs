@@ -1,7 +1,14 @@
 //! One task as peerd sees it: which pieces are present, which are being
 //! fetched, who may serve the rest, and how waiters learn of progress.
+//!
+//! This is state only: nothing here starts a fetch or talks to anyone. The
+//! drivers (`fetcher`, `origin_run`, `bulk`) claim pieces here, and
+//! `landing` records them as present.
 
-use super::{Engine, EngineError, fetch};
+use super::error::EngineError;
+use super::fanout::Fanout;
+use super::publisher::Publisher;
+use super::slots::Slots;
 use crate::origin::Credentials;
 use crate::storage::TaskFile;
 use api::digest::PieceDigest;
@@ -9,6 +16,7 @@ use api::piece::{Bitmap, Layout};
 use api::proto::{Priority, TaskInfo, TaskMeta};
 use api::task::TaskId;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,9 +42,9 @@ pub struct Task {
     /// child or reader waiting on a piece goes before bulk work). It starts
     /// at one, until the origin shows it honours Range, so an origin that
     /// ignores Range is not asked for the whole object several times at once.
-    pub(super) origin_gate: Arc<super::slots::Slots>,
-    /// Digests this host, as root, has yet to report (see `publish`).
-    pub(super) publisher: super::publish::Publisher,
+    pub(super) origin_gate: Arc<Slots>,
+    /// Digests this host, as root, has yet to report.
+    pub(super) publisher: Publisher,
     /// The origin headers a local caller gave for this task, in memory
     /// only (see `origin::Credentials`).
     credentials: Mutex<Credentials>,
@@ -74,7 +82,7 @@ pub struct State {
     pub is_root: bool,
     pub origin: OriginMode,
     /// Where this host, as root, sent each piece lately.
-    pub fanout: super::fanout::Fanout,
+    pub fanout: Fanout,
     pub last_access: SystemTime,
     last_touch: Option<Instant>,
     /// The scheduler was told this host wants the whole task.
@@ -90,8 +98,13 @@ impl State {
     }
 
     /// Whether piece `n` is present or being fetched.
-    fn present_or_coming(&self, n: u32) -> bool {
+    pub(super) fn present_or_coming(&self, n: u32) -> bool {
         self.present.get(n) || self.inflight.contains_key(&n)
+    }
+
+    /// Requests in flight to `host_id`.
+    pub(super) fn load_of(&self, host_id: &str) -> u32 {
+        self.load.get(host_id).copied().unwrap_or(0)
     }
 
     /// Records piece `n` as being fetched; whoever holds the claim ends it.
@@ -118,6 +131,16 @@ pub(super) struct Claim {
     pub n: u32,
     pub priority: Arc<AtomicU8>,
     pub done: watch::Sender<PieceResult>,
+}
+
+/// What asking for a piece found.
+pub(super) enum Asked {
+    /// It is present.
+    Present,
+    /// A fetch of it runs already; wait on that one.
+    Coming(watch::Receiver<PieceResult>),
+    /// Nobody fetches it: the caller now must, and end the claim.
+    Claimed(Claim),
 }
 
 pub struct LoadedState {
@@ -161,7 +184,7 @@ impl Task {
                 load: HashMap::new(),
                 is_root: false,
                 origin: OriginMode::Unknown,
-                fanout: Default::default(),
+                fanout: Fanout::default(),
                 last_access: loaded.last_access,
                 last_touch: None,
                 wanted_whole: false,
@@ -170,10 +193,14 @@ impl Task {
             progress: watch::channel(present_bytes).0,
             capacity: tokio::sync::Notify::new(),
             refresh: tokio::sync::Mutex::new(()),
-            origin_gate: super::slots::Slots::new(1),
-            publisher: Default::default(),
+            origin_gate: Slots::new(1),
+            publisher: Publisher::default(),
             credentials: Mutex::default(),
         })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The headers to send to the origin for this task.
@@ -192,10 +219,6 @@ impl Task {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub fn is_complete(&self) -> bool {
         self.lock().present.is_full()
     }
@@ -204,27 +227,17 @@ impl Task {
         self.lock().present.get(n)
     }
 
-    /// What a root should fetch ahead of a child that asked for piece `n`:
-    /// the first stretch after `n`, below `end`, of pieces neither present
-    /// nor on their way (empty when there is none). None when the child is
-    /// not reading in order (the piece before `n` is neither), or the root
-    /// has no need to run ahead: the origin has not shown it honours Range,
-    /// or a whole-task download already fetches everything.
-    pub(super) fn run_ahead_gap(&self, n: u32, end: u32) -> Option<std::ops::Range<u32>> {
-        let state = self.lock();
-        let in_order = n.checked_sub(1).is_some_and(|m| state.present_or_coming(m));
-        if !in_order || state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
-            return None;
-        }
-        let missing = |m: &u32| !state.present_or_coming(*m);
-        let from = (n.saturating_add(1)..end).find(missing).unwrap_or(end);
-        let stop = (from..end).find(|m| !missing(m)).unwrap_or(end);
-        Some(from..stop)
-    }
-
-    pub fn has_all(&self, pieces: std::ops::Range<u32>) -> bool {
+    pub fn has_all(&self, pieces: Range<u32>) -> bool {
         let state = self.lock();
         pieces.into_iter().all(|n| state.present.get(n))
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.lock().is_root
+    }
+
+    pub fn set_root(&self, is_root: bool) {
+        self.lock().is_root = is_root;
     }
 
     pub fn info(&self) -> TaskInfo {
@@ -260,86 +273,36 @@ impl Task {
         }
     }
 
-    /// Makes every piece in `pieces` present, fetching the missing ones at
-    /// `priority`. Concurrent callers share fetches: a piece is fetched once.
-    pub async fn ensure(
-        self: &Arc<Self>,
-        engine: &Engine,
-        pieces: impl IntoIterator<Item = u32>,
-        priority: Priority,
-    ) -> Result<(), EngineError> {
-        let waits = self.start_fetches(engine, pieces, priority);
-        for mut done in waits {
-            let result = done
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| EngineError::ShuttingDown)?
-                .clone();
-            result.expect("waited for Some")?;
-        }
-        Ok(())
+    /// Asks for piece `n` at `priority`: present, coming (a running fetch,
+    /// raised to `priority` if that is higher), or claimed for the caller.
+    pub(super) fn ask(&self, n: u32, priority: Priority) -> Asked {
+        let mut state = self.lock();
+        self.ask_locked(&mut state, n, priority)
     }
 
-    pub(super) fn start_fetches(
-        self: &Arc<Self>,
-        engine: &Engine,
+    /// `ask` for many pieces under one lock.
+    pub(super) fn ask_all(
+        &self,
         pieces: impl IntoIterator<Item = u32>,
         priority: Priority,
-    ) -> Vec<watch::Receiver<PieceResult>> {
+    ) -> Vec<Asked> {
         let mut state = self.lock();
         pieces
             .into_iter()
-            .filter_map(|n| self.start_fetch(engine, &mut state, n, priority, None))
+            .map(|n| self.ask_locked(&mut state, n, priority))
             .collect()
     }
 
-    /// Starts fetching piece `n` from `via`, for which the caller has
-    /// already counted one request in `State::load`. If the piece is
-    /// present or already being fetched, that count is given back.
-    pub(super) fn start_fetch_via(
-        self: &Arc<Self>,
-        engine: &Engine,
-        n: u32,
-        priority: Priority,
-        via: ParentView,
-    ) -> Option<watch::Receiver<PieceResult>> {
-        let mut state = self.lock();
-        let started = !state.present.get(n) && !state.inflight.contains_key(&n);
-        if !started && let Some(load) = state.load.get_mut(&via.host_id) {
-            *load = load.saturating_sub(1);
-        }
-        self.start_fetch(engine, &mut state, n, priority, started.then_some(via))
-    }
-
-    /// The receiver for piece `n`'s fetch, starting one if none runs;
-    /// None when the piece is present.
-    fn start_fetch(
-        self: &Arc<Self>,
-        engine: &Engine,
-        state: &mut State,
-        n: u32,
-        priority: Priority,
-        via: Option<ParentView>,
-    ) -> Option<watch::Receiver<PieceResult>> {
+    fn ask_locked(&self, state: &mut State, n: u32, priority: Priority) -> Asked {
         let level = priority as u8;
         if state.present.get(n) {
-            return None;
+            return Asked::Present;
         }
         if let Some(inflight) = state.inflight.get(&n) {
             inflight.priority.fetch_max(level, Ordering::Relaxed);
-            return Some(inflight.done.clone());
+            return Asked::Coming(inflight.done.clone());
         }
-        let claim = state.claim(n, Arc::new(AtomicU8::new(level)));
-        let rx = claim.done.subscribe();
-        self.spawn_fetch(engine, claim, via);
-        Some(rx)
-    }
-
-    /// Runs the ordinary fetch that ends `claim`.
-    fn spawn_fetch(self: &Arc<Self>, engine: &Engine, claim: Claim, via: Option<ParentView>) {
-        let task = self.clone();
-        let Claim { n, priority, done } = claim;
-        tokio::spawn(fetch::run(engine.clone(), task, n, priority, via, done));
+        Asked::Claimed(state.claim(n, Arc::new(AtomicU8::new(level))))
     }
 
     /// Claims up to `max` consecutive pieces from `first`, stopping before
@@ -366,17 +329,45 @@ impl Task {
         claims
     }
 
-    /// Hands a claimed piece that its run could not deliver to an ordinary
-    /// fetch, which retries it on its own with the same waiters.
-    pub(super) fn refetch(self: &Arc<Self>, engine: &Engine, claim: Claim) {
-        self.spawn_fetch(engine, claim, None);
+    /// Called by whoever owned piece `n`'s claim when its fetch ends.
+    pub(super) fn finish_fetch(&self, n: u32) {
+        self.lock().inflight.remove(&n);
+    }
+
+    /// What a root should fetch ahead of a child that asked for piece `n`:
+    /// the first stretch after `n`, below `end`, of pieces neither present
+    /// nor on their way (empty when there is none). None when the child is
+    /// not reading in order (the piece before `n` is neither), or the root
+    /// has no need to run ahead: the origin has not shown it honours Range,
+    /// or a whole-task download already fetches everything.
+    pub(super) fn run_ahead_gap(&self, n: u32, end: u32) -> Option<Range<u32>> {
+        let state = self.lock();
+        let in_order = n.checked_sub(1).is_some_and(|m| state.present_or_coming(m));
+        if !in_order || state.origin != OriginMode::Ranged || state.whole_downloads > 0 {
+            return None;
+        }
+        let missing = |m: &u32| !state.present_or_coming(*m);
+        let from = (n.saturating_add(1)..end).find(missing).unwrap_or(end);
+        let stop = (from..end).find(|m| !missing(m)).unwrap_or(end);
+        Some(from..stop)
+    }
+
+    /// From now on the task's origin is fetched in ranges, up to
+    /// `requests` at a time (see `origin_run`).
+    pub(super) fn learned_ranges_work(&self, requests: usize) {
+        let mut state = self.lock();
+        if state.origin == OriginMode::Unknown {
+            state.origin = OriginMode::Ranged;
+            drop(state);
+            self.origin_gate.add_permits(requests.saturating_sub(1));
+        }
     }
 
     /// Waits up to `limit` for piece `n` if a fetch of it is under way,
     /// raising that fetch to prefetch priority since another host now waits
     /// on it. True when the piece is present.
     pub async fn wait_for_piece(&self, n: u32, limit: std::time::Duration) -> bool {
-        let receiver = {
+        let mut receiver = {
             let state = self.lock();
             if state.present.get(n) {
                 return true;
@@ -389,38 +380,25 @@ impl Task {
                 .fetch_max(Priority::Prefetch as u8, Ordering::Relaxed);
             inflight.done.clone()
         };
-        let mut receiver = receiver;
         let _ = tokio::time::timeout(limit, receiver.wait_for(Option::is_some)).await;
         self.has_piece(n)
     }
 
-    /// Called by the fetch that owned piece `n` when it ends.
-    pub(super) fn finish_fetch(&self, n: u32) {
-        self.lock().inflight.remove(&n);
-    }
-
-    /// Stores a verified piece and makes it visible. Returns false when
-    /// it was already present (a concurrent fetch won).
-    pub fn store_piece(
+    /// Records a piece whose verified bytes are in the content file as
+    /// present. `on_new` runs before waiters are told, with whether the
+    /// task is now complete; nothing runs when the piece was present
+    /// already (a concurrent fetch won), and then this returns false.
+    pub(super) fn record_present(
         &self,
-        engine: &Engine,
         n: u32,
-        bytes: &[u8],
         digest: PieceDigest,
-    ) -> Result<bool, EngineError> {
-        if self.has_piece(n) {
-            return Ok(false);
-        }
-        self.file
-            .write_at(bytes, self.layout.piece_range(n).start)?;
-        Ok(self.mark_present(engine, n, digest))
-    }
-
-    /// Makes a piece whose verified bytes are already in the content file
-    /// visible. Returns false when it was already present.
-    pub fn mark_present(&self, engine: &Engine, n: u32, digest: PieceDigest) -> bool {
+        on_new: impl FnOnce(bool),
+    ) -> bool {
         let mut state = self.lock();
-        state.digests[n as usize] = Some(digest);
+        let Some(slot) = state.digests.get_mut(n as usize) else {
+            return false;
+        };
+        *slot = Some(digest);
         if !state.present.set(n) {
             return false;
         }
@@ -428,10 +406,7 @@ impl Task {
         let present_bytes = state.present_bytes;
         let complete = state.present.is_full();
         drop(state);
-        engine.inner.journal.record(self.file.clone(), n, digest);
-        if complete && let Err(e) = self.file.seal() {
-            tracing::warn!(task = %self.id, "cannot seal the completed task: {e}");
-        }
+        on_new(complete);
         self.progress.send_replace(present_bytes);
         true
     }
@@ -440,4 +415,47 @@ impl Task {
     pub fn digest(&self, n: u32) -> Option<PieceDigest> {
         self.lock().digests.get(n as usize).copied().flatten()
     }
+
+    /// Takes digests learned from the scheduler for pieces that lack one;
+    /// a digest already known is never replaced.
+    pub(super) fn learn_digests(&self, digests: &[api::proto::PieceDigest]) {
+        let mut state = self.lock();
+        for d in digests {
+            let slot = state.digests.get_mut(d.number as usize);
+            if let (Some(slot @ None), Some(digest)) = (slot, PieceDigest::from_slice(&d.blake3)) {
+                *slot = Some(digest);
+            }
+        }
+    }
+
+    /// Pieces whose digest this host still lacks.
+    pub(super) fn missing_digests(&self) -> Vec<u32> {
+        let state = self.lock();
+        (0..self.layout.piece_count())
+            .filter(|&i| state.digests[i as usize].is_none())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;
+
+/// A task of `pieces` pieces of 256 KiB, none present, with its files in
+/// `dir`, for tests of the state and the policies over it.
+#[cfg(test)]
+pub(super) fn task_for_tests(dir: &std::path::Path, pieces: u32) -> Arc<Task> {
+    let layout = Layout::new(u64::from(pieces) << 18, 1 << 18).expect("valid layout");
+    let id = TaskId::from_bytes([0xab; 32]);
+    let meta = TaskMeta {
+        task_id: id.to_string(),
+        content_length: layout.content_length,
+        piece_length: layout.piece_length,
+        ..Default::default()
+    };
+    let file = crate::storage::Store::open(dir)
+        .expect("store")
+        .create(id, &meta, layout)
+        .expect("task file");
+    Task::new(id, meta, layout, file, None)
 }

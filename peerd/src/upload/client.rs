@@ -1,6 +1,6 @@
 //! Fetches pieces from parents, reusing connections.
 
-use super::protocol::{PieceRequest, RESPONSE_LEN, ResponseHeader, Status};
+use super::protocol::{PieceRequest, RESPONSE_LEN, ReplyStatus, ResponseHeader};
 use crate::ratelimit::{ByteLimit, CHUNK};
 use api::digest::{PieceDigest, PieceHasher};
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ pub enum FetchError {
     #[error("parent {addr} refused piece ({status:?}): {reason}")]
     Refused {
         addr: String,
-        status: Status,
+        status: ReplyStatus,
         reason: String,
     },
     #[error("parent {addr} announced {got} bytes for a piece of {expected}")]
@@ -53,15 +53,15 @@ pub enum FetchError {
     },
 }
 
-pub struct PeerClient {
+pub struct PieceClient {
     idle: Mutex<HashMap<String, Vec<TcpStream>>>,
     connect_timeout: Duration,
     limit: ByteLimit,
 }
 
-impl PeerClient {
+impl PieceClient {
     pub fn new(connect_timeout: Duration, limit: ByteLimit) -> Self {
-        PeerClient {
+        PieceClient {
             idle: Mutex::new(HashMap::new()),
             connect_timeout,
             limit,
@@ -143,18 +143,15 @@ impl PeerClient {
             addr: addr.to_string(),
             source,
         };
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        api::transport::dial_data(addr, self.connect_timeout)
             .await
-            .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
-            .map_err(connect_err)?;
-        stream.set_nodelay(true).map_err(connect_err)?;
-        Ok(stream)
+            .map_err(connect_err)
     }
 }
 
 enum Exchange {
     Io(io::Error),
-    Refused(Status, String),
+    Refused(ReplyStatus, String),
     WrongLength(u64),
 }
 
@@ -177,7 +174,7 @@ async fn exchange(
     let mut header = [0u8; RESPONSE_LEN];
     within(FIRST_BYTE, stream.read_exact(&mut header)).await?;
     let header = ResponseHeader::decode(&header).map_err(|e| Exchange::Io(io::Error::other(e)))?;
-    if header.status != Status::Ok {
+    if header.status != ReplyStatus::Ok {
         let mut reason = vec![0u8; (header.length as usize).min(4096)];
         within(READ_STALL, stream.read_exact(&mut reason)).await?;
         return Err(Exchange::Refused(

@@ -42,7 +42,7 @@ pub struct PieceRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Status {
+pub enum ReplyStatus {
     Ok = 0,
     /// The parent does not hold the task or the piece.
     NotFound = 1,
@@ -100,7 +100,7 @@ impl PieceRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHeader {
-    pub status: Status,
+    pub status: ReplyStatus,
     pub length: u32,
 }
 
@@ -114,11 +114,11 @@ impl ResponseHeader {
 
     pub fn decode(buf: &[u8; RESPONSE_LEN]) -> Result<Self, ProtocolError> {
         let status = match buf[0] {
-            0 => Status::Ok,
-            1 => Status::NotFound,
-            2 => Status::Busy,
-            3 => Status::Failed,
-            4 => Status::Redirect,
+            0 => ReplyStatus::Ok,
+            1 => ReplyStatus::NotFound,
+            2 => ReplyStatus::Busy,
+            3 => ReplyStatus::Failed,
+            4 => ReplyStatus::Redirect,
             other => return Err(ProtocolError::UnknownStatus(other)),
         };
         Ok(ResponseHeader {

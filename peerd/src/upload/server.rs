@@ -1,6 +1,6 @@
 //! Serves pieces to other peers.
 
-use super::protocol::{PieceRequest, REQUEST_LEN, ResponseHeader, Status};
+use super::protocol::{PieceRequest, REQUEST_LEN, ReplyStatus, ResponseHeader};
 use crate::ratelimit::{ByteLimit, CHUNK};
 use crate::storage::TaskFile;
 use std::io;
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// An idle connection is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,7 +26,7 @@ pub struct PieceLocation {
 
 /// Why a piece is not served.
 pub struct Refusal {
-    pub status: Status,
+    pub status: ReplyStatus,
     pub reason: String,
 }
 
@@ -72,9 +73,15 @@ impl<P: PieceProvider> UploadServer<P> {
         self.in_flight.clone()
     }
 
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts connections until `stop` is cancelled. Each connection runs
+    /// on its own until its peer closes it or it idles out.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = api::transport::accept_data(&listener) => accepted,
+                () = stop.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -83,7 +90,6 @@ impl<P: PieceProvider> UploadServer<P> {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let server = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = server.connection(stream, peer).await {
@@ -119,7 +125,7 @@ impl<P: PieceProvider> UploadServer<P> {
         let busy = self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_queued;
         let _guard = InFlight(&self.in_flight);
         if busy {
-            return refuse(stream, Status::Busy, "upload queue full").await;
+            return refuse(stream, ReplyStatus::Busy, "upload queue full").await;
         }
         let location = match self.provider.locate(request, peer).await {
             Ok(location) => location,
@@ -131,7 +137,7 @@ impl<P: PieceProvider> UploadServer<P> {
             .await
             .expect("the semaphore is never closed");
         let header = ResponseHeader {
-            status: Status::Ok,
+            status: ReplyStatus::Ok,
             length: location.length,
         };
         stream.write_all(&header.encode()).await?;
@@ -153,7 +159,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, status: Status, reason: &str) -> io::Result<()> {
+async fn refuse(stream: &mut TcpStream, status: ReplyStatus, reason: &str) -> io::Result<()> {
     let header = ResponseHeader {
         status,
         length: reason.len() as u32,

@@ -1,90 +1,121 @@
 //! peerd's side of the scheduler protocol.
 //!
-//! With several schedulers, each task belongs to one of them by rendezvous
-//! hashing of its id, so every host asks the same scheduler about the same
-//! task; when that scheduler is unreachable, the next one in the task's
-//! order takes over. Piece reports are batched for a few milliseconds,
-//! except a root's digests, which must reach the scheduler before any child
-//! can verify the piece.
+//! - [`set`]: which scheduler a task belongs to, by canonical address.
+//! - [`reports`]: piece reports batched on their way out.
+//!
+//! Every call about a task goes to the task's home scheduler, and fails
+//! over to the next in the task's order while a scheduler does not answer.
+//! A scheduler that says it does not know this host (it restarted) is
+//! announced to and asked again. The set of schedulers can change while
+//! peerd runs ([`SchedulerLink::replace`]).
+
+pub mod reports;
+pub mod set;
 
 use api::error::{ErrorKind, RemoteError, status, timed};
 use api::proto::scheduler_client::SchedulerClient;
 use api::proto::*;
 use api::task::TaskId;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use reports::Reports;
+pub use set::{BadSchedulerAddr, SchedulerName};
+use std::net::SocketAddr;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How often batched reports go out.
 const REPORT_INTERVAL: Duration = Duration::from_millis(20);
 /// RegisterPeer may wait while another host resolves the task.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(75);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer accepted (parents with bitmaps of huge tasks).
+const MAX_MESSAGE: usize = 64 << 20;
 
-struct Endpointed {
-    addr: String,
+/// One scheduler: its canonical address and a client for it.
+#[derive(Clone)]
+struct Scheduler {
+    addr: SocketAddr,
     client: SchedulerClient<Channel>,
 }
 
-#[derive(Default)]
-struct PendingReport {
-    pieces: Vec<u32>,
-    bad_parents: Vec<BadParent>,
-    speeds: Vec<ParentSpeed>,
+impl Scheduler {
+    fn new(addr: SocketAddr) -> Scheduler {
+        let channel = api::transport::scheduler_channel(addr);
+        Scheduler {
+            addr,
+            client: SchedulerClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
+        }
+    }
 }
 
 pub struct SchedulerLink {
-    schedulers: Vec<Endpointed>,
+    /// Sorted by address.
+    schedulers: RwLock<Vec<Scheduler>>,
     host: Mutex<HostInfo>,
-    pending: Mutex<HashMap<TaskId, PendingReport>>,
-    wake: Notify,
+    pub reports: Reports,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("invalid scheduler address '{addr}': {reason}; use HOST:PORT")]
-pub struct BadSchedulerAddr {
-    pub addr: String,
-    pub reason: String,
+/// How the set of schedulers changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub before: Vec<SocketAddr>,
+    pub after: Vec<SocketAddr>,
+}
+
+impl SetChange {
+    /// Whether `task`'s home is another scheduler now.
+    pub fn moved(&self, task: &TaskId) -> bool {
+        set::home(task, &self.before) != set::home(task, &self.after)
+    }
 }
 
 impl SchedulerLink {
-    pub fn new(addrs: &[String], host: HostInfo) -> Result<SchedulerLink, BadSchedulerAddr> {
-        let mut schedulers = Vec::new();
-        for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
-            let uri = if addr.contains("://") {
-                addr.to_string()
-            } else {
-                format!("http://{addr}")
-            };
-            let endpoint = Endpoint::from_shared(uri).map_err(|e| BadSchedulerAddr {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(3))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .connect_lazy();
-            schedulers.push(Endpointed {
-                addr: addr.to_string(),
-                client: SchedulerClient::new(channel).max_decoding_message_size(64 << 20),
-            });
-        }
-        if schedulers.is_empty() {
-            return Err(BadSchedulerAddr {
-                addr: addrs.join(","),
-                reason: "no scheduler address given".into(),
-            });
-        }
-        Ok(SchedulerLink {
-            schedulers,
+    pub fn new(addrs: &[SocketAddr], host: HostInfo) -> SchedulerLink {
+        let link = SchedulerLink {
+            schedulers: RwLock::new(Vec::new()),
             host: Mutex::new(host),
-            pending: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-        })
+            reports: Reports::default(),
+        };
+        link.replace(addrs.to_vec());
+        link
+    }
+
+    fn list(&self) -> Vec<Scheduler> {
+        self.schedulers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The schedulers' canonical addresses.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.list().iter().map(|s| s.addr).collect()
+    }
+
+    /// Makes `addrs` the set of schedulers: new ones are added, missing
+    /// ones dropped, and the clients of those that stay are kept. Returns
+    /// the change, None when the set is the same.
+    pub fn replace(&self, addrs: Vec<SocketAddr>) -> Option<SetChange> {
+        let after = set::canonical(addrs);
+        let mut schedulers = self.schedulers.write().unwrap_or_else(|e| e.into_inner());
+        let before: Vec<SocketAddr> = schedulers.iter().map(|s| s.addr).collect();
+        if before == after {
+            return None;
+        }
+        let kept: Vec<Scheduler> = after
+            .iter()
+            .map(|addr| {
+                schedulers
+                    .iter()
+                    .find(|s| s.addr == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| Scheduler::new(*addr))
+            })
+            .collect();
+        *schedulers = kept;
+        tracing::info!(?before, ?after, "scheduler set changed");
+        Some(SetChange { before, after })
     }
 
     pub fn host_id(&self) -> String {
@@ -106,27 +137,9 @@ impl SchedulerLink {
             .uploads_in_flight = n;
     }
 
-    pub fn scheduler_count(&self) -> usize {
-        self.schedulers.len()
-    }
-
-    /// Schedulers in the order a task uses them.
-    fn order(&self, task: &TaskId) -> Vec<&Endpointed> {
-        let mut list: Vec<&Endpointed> = self.schedulers.iter().collect();
-        list.sort_by_key(|s| {
-            let mut h = blake3::Hasher::new();
-            h.update(task.as_bytes());
-            h.update(s.addr.as_bytes());
-            std::cmp::Reverse(*h.finalize().as_bytes())
-        });
-        list
-    }
-
-    /// Whether `task` belongs to scheduler number `index` first.
-    pub fn is_home(&self, task: &TaskId, index: usize) -> bool {
-        self.order(task)
-            .first()
-            .is_some_and(|s| std::ptr::eq(*s, &self.schedulers[index]))
+    /// Whether `task`'s home scheduler is the one at `addr`.
+    pub fn is_home(&self, task: &TaskId, addr: SocketAddr) -> bool {
+        set::home(task, &self.addrs()) == Some(addr)
     }
 
     /// Calls the task's scheduler, failing over while schedulers are unreachable.
@@ -135,8 +148,12 @@ impl SchedulerLink {
         F: Fn(SchedulerClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let schedulers = self.list();
         let mut last = status(ErrorKind::Scheduler, "no scheduler configured");
-        for scheduler in self.order(task) {
+        for addr in set::order(task, &self.addrs()) {
+            let Some(scheduler) = schedulers.iter().find(|s| s.addr == addr) else {
+                continue;
+            };
             let mut result = f(scheduler.client.clone(), timeout).await;
             if matches!(&result, Err(s) if RemoteError::from_status(s).kind == ErrorKind::UnknownHost)
             {
@@ -147,14 +164,10 @@ impl SchedulerLink {
             match result {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(failed) if RemoteError::from_status(&failed).is_transport() => {
-                    tracing::debug!(scheduler = %scheduler.addr, "scheduler unreachable: {}", failed.message());
+                    tracing::debug!(scheduler = %addr, "scheduler unreachable: {}", failed.message());
                     last = status(
                         ErrorKind::Scheduler,
-                        format!(
-                            "scheduler {} is unreachable: {}",
-                            scheduler.addr,
-                            failed.message()
-                        ),
+                        format!("scheduler {addr} is unreachable: {}", failed.message()),
                     );
                 }
                 Err(status) => return Err(status),
@@ -252,45 +265,32 @@ impl SchedulerLink {
         .map(drop)
     }
 
-    fn pending(&self, task: TaskId, f: impl FnOnce(&mut PendingReport)) {
-        f(self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(task)
-            .or_default());
-        self.wake.notify_one();
-    }
-
     pub fn report_piece_later(&self, task: TaskId, piece: u32) {
-        self.pending(task, |p| p.pieces.push(piece));
+        self.reports.piece(task, piece);
     }
 
     pub fn report_bad_parent_later(&self, task: TaskId, bad: BadParent) {
-        self.pending(task, |p| p.bad_parents.push(bad));
+        self.reports.bad_parent(task, bad);
     }
 
     pub fn report_speed_later(&self, task: TaskId, speed: ParentSpeed) {
-        self.pending(task, |p| p.speeds.push(speed));
+        self.reports.speed(task, speed);
     }
 
-    /// Sends batched reports until the process ends.
-    pub async fn run_reporter(&self) {
+    /// Sends batched reports as they come, until `stop` is cancelled.
+    pub async fn run_reporter(&self, stop: tokio_util::sync::CancellationToken) {
         loop {
-            self.wake.notified().await;
+            tokio::select! {
+                () = self.reports.wake.notified() => {}
+                () = stop.cancelled() => return,
+            }
             tokio::time::sleep(REPORT_INTERVAL).await;
             self.flush_reports().await;
         }
     }
 
     pub async fn flush_reports(&self) {
-        let batch: Vec<(TaskId, PendingReport)> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
-        for (task, report) in batch {
+        for (task, report) in self.reports.drain() {
             let req = ReportPiecesRequest {
                 host_id: self.host_id(),
                 task_id: task.to_string(),
@@ -319,15 +319,16 @@ impl SchedulerLink {
             .await;
     }
 
-    /// Announces this host to every scheduler; returns the indexes of those
-    /// that did not know it and need the host's tasks again.
-    pub async fn announce(&self) -> (Vec<usize>, Option<Duration>) {
+    /// Announces this host to every scheduler; returns those that did not
+    /// know it and need the host's tasks again, and the keepalive interval
+    /// the schedulers ask for.
+    pub async fn announce(&self) -> (Vec<SocketAddr>, Option<Duration>) {
         let req = AnnounceHostRequest {
             host: Some(self.host_info()),
         };
         let mut resync = Vec::new();
         let mut keepalive = None;
-        for (i, s) in self.schedulers.iter().enumerate() {
+        for s in self.list() {
             match s
                 .client
                 .clone()
@@ -337,7 +338,7 @@ impl SchedulerLink {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     if resp.resync {
-                        resync.push(i);
+                        resync.push(s.addr);
                     }
                     if resp.keepalive_seconds > 0 {
                         keepalive = Some(Duration::from_secs(u64::from(resp.keepalive_seconds)));
@@ -351,7 +352,7 @@ impl SchedulerLink {
         (resync, keepalive)
     }
 
-    async fn announce_to(&self, scheduler: &Endpointed) {
+    async fn announce_to(&self, scheduler: &Scheduler) {
         let req = AnnounceHostRequest {
             host: Some(self.host_info()),
         };
@@ -369,7 +370,7 @@ impl SchedulerLink {
         let req = LeaveHostRequest {
             host_id: self.host_id(),
         };
-        for s in &self.schedulers {
+        for s in self.list() {
             let _ = s
                 .client
                 .clone()
@@ -378,19 +379,25 @@ impl SchedulerLink {
         }
     }
 
-    /// Opens scheduler `index`'s command stream for a seed.
+    /// Opens the command stream of the scheduler at `addr`, for a seed.
     pub async fn seed_session(
         &self,
-        index: usize,
+        addr: SocketAddr,
     ) -> Result<tonic::Streaming<SeedCommand>, Status> {
+        let scheduler = self
+            .list()
+            .into_iter()
+            .find(|s| s.addr == addr)
+            .ok_or_else(|| {
+                status(
+                    ErrorKind::NotFound,
+                    format!("scheduler {addr} left the set"),
+                )
+            })?;
         let req = SeedSessionRequest {
             host: Some(self.host_info()),
         };
-        let mut client = self.schedulers[index].client.clone();
+        let mut client = scheduler.client;
         Ok(client.seed_session(req).await?.into_inner())
-    }
-
-    pub fn scheduler_addr(&self, index: usize) -> &str {
-        &self.schedulers[index].addr
     }
 }

@@ -11,15 +11,13 @@
 //!
 //! Now the origin is read without waiting: digests queue here, one report
 //! at a time carries all that queued while the last was in flight, and
-//! the upload server waits for a piece's report instead.
+//! the upload server waits for a piece's report instead. This module is
+//! the queue; `landing` sends it.
 
-use super::Engine;
-use super::task::Task;
 use api::digest::PieceDigest;
 use api::proto;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 /// Digests stored but not yet acknowledged by the scheduler.
@@ -73,7 +71,7 @@ impl Publisher {
 
     /// Queues a digest; true when no report is in flight (or held), so the
     /// caller must start one.
-    fn push(&self, n: u32, digest: PieceDigest) -> bool {
+    pub(super) fn push(&self, n: u32, digest: PieceDigest) -> bool {
         let mut pending = self.lock();
         pending.unreported.insert(n);
         pending.queue.push(proto::PieceDigest {
@@ -85,7 +83,7 @@ impl Publisher {
 
     /// The queued digests, marking a report in flight; None (and no report
     /// in flight) when nothing is queued.
-    fn take(&self) -> Option<Vec<proto::PieceDigest>> {
+    pub(super) fn take(&self) -> Option<Vec<proto::PieceDigest>> {
         let mut pending = self.lock();
         if pending.queue.is_empty() {
             pending.sending = false;
@@ -94,41 +92,13 @@ impl Publisher {
         Some(std::mem::take(&mut pending.queue))
     }
 
-    fn done(&self, pieces: &[u32]) {
+    pub(super) fn done(&self, pieces: &[u32]) {
         let mut pending = self.lock();
         for n in pieces {
             pending.unreported.remove(n);
         }
         drop(pending);
         self.reported.send_modify(|count| *count += 1);
-    }
-}
-
-/// Ends a `Publisher::hold`, reporting whatever queued meanwhile.
-pub(super) fn release(engine: &Engine, task: &Arc<Task>) {
-    tokio::spawn(send(engine.clone(), task.clone()));
-}
-
-/// Queues the digest of a piece this root fetched from the origin and
-/// makes sure a report is on its way.
-pub(super) fn queue(engine: &Engine, task: &Arc<Task>, n: u32, digest: PieceDigest) {
-    if task.publisher.push(n, digest) {
-        tokio::spawn(send(engine.clone(), task.clone()));
-    }
-}
-
-/// Reports queued digests until none are left. A failed report is not
-/// retried, as before: the pieces are served anyway, and a child that
-/// finds no digest for one does not take it.
-async fn send(engine: Engine, task: Arc<Task>) {
-    while let Some(batch) = task.publisher.take() {
-        let pieces: Vec<u32> = batch.iter().map(|d| d.number).collect();
-        let started = Instant::now();
-        if let Err(e) = engine.inner.link.report_digests(&task.id, batch).await {
-            tracing::warn!(task = %task.id, "cannot report digests; children cannot verify these pieces yet: {}", e.message());
-        }
-        tracing::trace!(task = %task.id, pieces = pieces.len(), us = started.elapsed().as_micros() as u64, "digests reported");
-        task.publisher.done(&pieces);
     }
 }
 
@@ -175,7 +145,7 @@ mod tests {
         let publisher = Publisher::default();
         publisher.hold();
         assert!(!publisher.push(1, digest(1)));
-        // `release` starts the sender, which finds what queued meanwhile.
+        // Releasing starts the sender, which finds what queued meanwhile.
         let batch = publisher.take().expect("queued while held");
         assert_eq!(batch[0].number, 1);
     }
