@@ -44,7 +44,7 @@ const ENTRY_TTL: Duration = Duration::from_secs(3600);
 const DIR_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct FsSettings {
     /// Longest a read (or lookup) may wait before it fails with EIO.
     pub timeout: Duration,
     /// Largest read-ahead window for sequential readers.
@@ -67,14 +67,18 @@ pub struct DffsFs {
     nodes: Arc<Nodes>,
     peerd: LocalClient,
     runtime: tokio::runtime::Handle,
-    settings: Settings,
+    settings: FsSettings,
     handles: Arc<Handles>,
     /// The kernel accepted passthrough at init.
     passthrough: AtomicBool,
 }
 
 impl DffsFs {
-    pub fn new(peerd: LocalClient, runtime: tokio::runtime::Handle, settings: Settings) -> DffsFs {
+    pub fn new(
+        peerd: LocalClient,
+        runtime: tokio::runtime::Handle,
+        settings: FsSettings,
+    ) -> DffsFs {
         DffsFs {
             nodes: Arc::new(Nodes::new()),
             peerd,

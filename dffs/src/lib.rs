@@ -10,12 +10,13 @@
 //! - [`fs`]: the FUSE filesystem itself, answering the kernel from the
 //!   inode table and asking peerd (through [`api::local::LocalClient`])
 //!   for anything it lacks, never on a FUSE thread.
-//! - [`mount`]: mount options, the config file, daemonising and the FUSE
-//!   session.
+//! - [`options`]: mount options, flags and the config file, one definition.
+//! - [`mount`]: daemonising and the FUSE session.
 //!
 //! The `dffs` binary (`src/main.rs`) is only the command line on top.
 
 pub mod fs;
 pub mod mount;
 pub mod nodes;
+pub mod options;
 pub mod readahead;

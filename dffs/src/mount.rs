@@ -1,155 +1,19 @@
-//! Mounting: options, daemonising, and running the FUSE session.
+//! Mounting: daemonising, and running the FUSE session.
 //!
 //! `dffs mount DIR` and `mount -t dffs dffs DIR -o ...` (which runs
-//! `mount.dffs`) end up here. Unless asked to stay in the foreground, the
-//! process forks; the parent waits until the child has mounted (or failed)
-//! and exits with that outcome, so `mount` returns only once `/dfly` works.
+//! `mount.dffs`) end up here, their options parsed by `options`. Unless
+//! asked to stay in the foreground, the process forks; the parent waits
+//! until the child has mounted (or failed) and exits with that outcome, so
+//! `mount` returns only once `/dfly` works.
 
-use crate::fs::{DffsFs, Settings};
-use crate::readahead::WholeAfter;
+use crate::fs::{DffsFs, FsSettings};
+pub use crate::options::MountArgs;
 use anyhow::Context;
 use api::local::LocalClient;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-#[derive(Debug, Clone)]
-pub struct MountArgs {
-    pub mountpoint: PathBuf,
-    pub socket: PathBuf,
-    pub foreground: bool,
-    /// Seconds a read may wait for its bytes before failing with EIO.
-    pub timeout: f64,
-    /// Largest read-ahead window, in MiB (0 turns read-ahead off).
-    pub readahead_mib: u64,
-    /// How far a reader reads in order from the start before the whole
-    /// task is fetched in the background.
-    pub whole_after: WholeAfter,
-    /// The kernel's own read-ahead for the mount, in KiB.
-    pub read_ahead_kb: u32,
-    pub passthrough: bool,
-    pub direct_io: bool,
-    pub metrics_addr: Option<SocketAddr>,
-    pub log_file: Option<PathBuf>,
-}
-
-impl MountArgs {
-    pub fn new(mountpoint: PathBuf) -> MountArgs {
-        MountArgs {
-            mountpoint,
-            socket: PathBuf::from("/run/dffs/peerd.sock"),
-            foreground: false,
-            timeout: 60.0,
-            readahead_mib: 128,
-            whole_after: WholeAfter::Auto,
-            read_ahead_kb: 4096,
-            passthrough: true,
-            direct_io: true,
-            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 65009))),
-            log_file: None,
-        }
-    }
-
-    /// Applies `-o` options (comma-separated `key=value` or flags). The
-    /// generic options mount(8) passes along are accepted and ignored.
-    pub fn apply_options(&mut self, options: &str) -> Result<(), String> {
-        for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            let (key, value) = option.split_once('=').unwrap_or((option, ""));
-            let bad = |what: &str| format!("mount option '{option}': {what}");
-            match key {
-                "socket" if !value.is_empty() => self.socket = PathBuf::from(value),
-                "timeout" => {
-                    self.timeout = value
-                        .parse()
-                        .ok()
-                        .filter(|t: &f64| *t > 0.0)
-                        .ok_or_else(|| bad("expected seconds > 0"))?
-                }
-                "readahead_mib" => {
-                    self.readahead_mib =
-                        value.parse().map_err(|_| bad("expected a number of MiB"))?
-                }
-                "whole_after_mib" => {
-                    self.whole_after = WholeAfter::parse_mib(value)
-                        .ok_or_else(|| bad("expected a number of MiB, 0 for never, or auto"))?
-                }
-                "read_ahead_kb" => {
-                    self.read_ahead_kb =
-                        value.parse().map_err(|_| bad("expected a number of KiB"))?
-                }
-                "passthrough" => self.passthrough = !matches!(value, "0" | "false" | "no" | "off"),
-                "direct_io" => self.direct_io = !matches!(value, "0" | "false" | "no" | "off"),
-                "nopassthrough" => self.passthrough = false,
-                "metrics_addr" if value.is_empty() || value == "none" => self.metrics_addr = None,
-                "metrics_addr" => {
-                    self.metrics_addr =
-                        Some(value.parse().map_err(|_| bad("expected IP:PORT or none"))?)
-                }
-                "log_file" if !value.is_empty() => self.log_file = Some(PathBuf::from(value)),
-                "config" if !value.is_empty() => self.apply_config_file(Path::new(value))?,
-                "foreground" => self.foreground = true,
-                // Passed by mount(8) or fstab; meaningless or implied here.
-                "rw"
-                | "ro"
-                | "defaults"
-                | "auto"
-                | "noauto"
-                | "user"
-                | "nouser"
-                | "users"
-                | "nofail"
-                | "_netdev"
-                | "nosuid"
-                | "suid"
-                | "nodev"
-                | "dev"
-                | "exec"
-                | "noexec"
-                | "atime"
-                | "noatime"
-                | "relatime"
-                | "allow_other"
-                | "default_permissions" => {}
-                _ if key.starts_with("x-") || key.starts_with("comment=") => {}
-                _ => {
-                    return Err(bad(
-                        "unknown option; known: socket, timeout, readahead_mib, whole_after_mib, read_ahead_kb, passthrough, direct_io, metrics_addr, log_file, config",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl MountArgs {
-    /// Applies a TOML file whose keys are the mount options
-    /// (`socket = "/run/dffs/peerd.sock"`, `timeout = 30`, ...).
-    pub fn apply_config_file(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            format!(
-                "config file {} is not valid TOML: {}",
-                path.display(),
-                e.message()
-            )
-        })?;
-        for (key, value) in table {
-            let value = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Boolean(b) => (if b { "1" } else { "0" }).to_string(),
-                other => other.to_string(),
-            };
-            let key = key.replace('-', "_");
-            self.apply_options(&format!("{key}={value}"))
-                .map_err(|e| format!("config file {}: {e}", path.display()))?;
-        }
-        Ok(())
-    }
-}
 
 /// Mounts and serves until unmounted.
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -210,15 +74,15 @@ fn serve(args: &MountArgs, mountpoint: &Path, report: Option<OwnedFd>) -> anyhow
         .thread_name("dffs-io")
         .build()?;
     let _entered = runtime.enter();
-    if let Some(addr) = args.metrics_addr
+    if let Some(addr) = args.metrics_addr.0
         && let Err(e) = runtime.block_on(api::telemetry::serve_metrics(addr))
     {
         tracing::warn!("dffs runs without metrics: {e}");
     }
-    let settings = Settings {
+    let settings = FsSettings {
         timeout: Duration::from_secs_f64(args.timeout),
         readahead_max: args.readahead_mib << 20,
-        whole_after: args.whole_after,
+        whole_after: args.whole_after_mib,
         passthrough: args.passthrough,
         direct_io: args.direct_io,
         // SAFETY: getuid/getgid cannot fail.
@@ -325,72 +189,4 @@ fn mount_device(mountpoint: &Path) -> Option<String> {
         let fields: Vec<&str> = line.split(' ').collect();
         (fields.get(4) == Some(&wanted)).then(|| fields.get(2).map(|d| d.to_string()))?
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_from_mount_are_understood() {
-        let mut args = MountArgs::new(PathBuf::from("/dfly"));
-        args.apply_options(
-            "rw,socket=/run/x.sock,timeout=2.5,nosuid,x-systemd.automount,metrics_addr=none",
-        )
-        .unwrap();
-        assert_eq!(args.socket, PathBuf::from("/run/x.sock"));
-        assert_eq!(args.timeout, 2.5);
-        assert_eq!(args.metrics_addr, None);
-        assert_eq!(args.whole_after, WholeAfter::Auto, "the default");
-        args.apply_options("whole_after_mib=16").unwrap();
-        assert_eq!(args.whole_after, WholeAfter::Bytes(16 << 20));
-        args.apply_options("whole_after_mib=auto").unwrap();
-        assert_eq!(args.whole_after, WholeAfter::Auto);
-    }
-
-    #[test]
-    fn a_config_file_sets_options() {
-        let dir = std::env::temp_dir().join(format!("dffs-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("dffs.toml");
-        std::fs::write(
-            &file,
-            "socket = \"/run/y.sock\"\ntimeout = 7\npassthrough = false\nwhole_after_mib = \"auto\"\n",
-        )
-        .unwrap();
-        let mut args = MountArgs::new(PathBuf::from("/dfly"));
-        args.apply_options(&format!("config={}", file.display()))
-            .unwrap();
-        assert_eq!(args.socket, PathBuf::from("/run/y.sock"));
-        assert_eq!(args.timeout, 7.0);
-        assert!(!args.passthrough);
-        assert_eq!(args.whole_after, WholeAfter::Auto);
-        std::fs::write(&file, "whole_after_mib = 3\n").unwrap();
-        args.apply_options(&format!("config={}", file.display()))
-            .unwrap();
-        assert_eq!(args.whole_after, WholeAfter::Bytes(3 << 20));
-        std::fs::write(&file, "speed = 1\n").unwrap();
-        let err = args
-            .apply_options(&format!("config={}", file.display()))
-            .unwrap_err();
-        assert!(
-            err.contains("'speed=1'") && err.contains("dffs.toml"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn bad_options_are_named() {
-        let mut args = MountArgs::new(PathBuf::from("/dfly"));
-        let err = args.apply_options("socket=/x,speed=fast").unwrap_err();
-        assert!(err.contains("'speed=fast'"), "{err}");
-        let err = args.apply_options("timeout=-1").unwrap_err();
-        assert!(err.contains("'timeout=-1'"), "{err}");
-        let err = args.apply_options("whole_after_mib=soon").unwrap_err();
-        assert!(
-            err.contains("'whole_after_mib=soon'") && err.contains("or auto"),
-            "{err}"
-        );
-    }
 }

@@ -43,6 +43,9 @@ struct Args {
     /// Body bytes after which a response is broken off, 0 for never.
     #[arg(long, default_value_t = 0)]
     cut_after: u64,
+    /// 'Name: value' a request must carry, or it is refused with 401.
+    #[arg(long)]
+    require_header: Option<String>,
 }
 
 struct Origin {
@@ -122,6 +125,13 @@ async fn serve(
     origin.requests.fetch_add(1, Ordering::Relaxed);
     if path.split('/').any(|part| part == "..") {
         return StatusCode::BAD_REQUEST.into_response();
+    }
+    if let Some(required) = &origin.args.require_header {
+        let (name, value) = required.split_once(':').unwrap_or((required, ""));
+        let given = headers.get(name.trim()).and_then(|v| v.to_str().ok());
+        if given != Some(value.trim()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
     }
     let file_path = origin.args.root.join(&path);
     let Ok(meta) = tokio::fs::metadata(&file_path).await else {
