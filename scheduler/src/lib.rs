@@ -13,11 +13,12 @@ pub mod state;
 
 use api::proto::scheduler_server::SchedulerServer;
 use clap::Parser;
-use state::{Cluster, Settings};
+use state::{Cluster, SchedulerSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Every flag is also a key of the `--config` TOML file.
 #[derive(Parser, Debug, Clone)]
@@ -54,13 +55,13 @@ pub struct Args {
 }
 
 impl Args {
-    fn settings(&self) -> Settings {
-        Settings {
+    fn settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
             max_parents: self.max_parents.max(1),
             keepalive: Duration::from_secs(self.keepalive_seconds.max(1)),
             host_timeout: Duration::from_secs(self.host_timeout_seconds.max(2)),
             isolation: Duration::from_secs(self.isolation_seconds),
-            ..Settings::default()
+            ..SchedulerSettings::default()
         }
     }
 }
@@ -69,17 +70,8 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     api::telemetry::serve_metrics(args.metrics_addr).await?;
     let cluster = Arc::new(Mutex::new(Cluster::new(args.settings())));
-    let expiry = cluster.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            expiry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .expire(Instant::now());
-        }
-    });
+    let stop = CancellationToken::new();
+    let expiry = tokio::spawn(expire_every_second(cluster.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -91,14 +83,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(addr = %args.listen, "scheduler listening");
     let service = SchedulerServer::new(service::SchedulerService::new(cluster));
     api::telemetry::serve_until_signal(|stop| {
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        api::transport::grpc_server()
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop,
-            )
+            .serve_with_incoming_shutdown(api::transport::tcp_incoming(listener), stop)
     })
     .await?;
+    stop.cancel();
+    let _ = expiry.await;
     Ok(())
+}
+
+/// Drops silent hosts and stale tasks once a second, until `stop`.
+async fn expire_every_second(cluster: Arc<Mutex<Cluster>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(Instant::now());
+    }
 }

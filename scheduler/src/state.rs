@@ -14,7 +14,7 @@ use tonic::Status;
 
 /// Tunables, all settable from the command line.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct SchedulerSettings {
     pub max_parents: usize,
     pub keepalive: Duration,
     /// A host silent for this long is dropped with all its peers.
@@ -27,9 +27,9 @@ pub struct Settings {
     pub resolve_timeout: Duration,
 }
 
-impl Default for Settings {
+impl Default for SchedulerSettings {
     fn default() -> Self {
-        Settings {
+        SchedulerSettings {
             max_parents: 20,
             keepalive: Duration::from_secs(5),
             host_timeout: Duration::from_secs(20),
@@ -173,13 +173,13 @@ pub struct RegisterRequest<'a> {
 }
 
 pub struct Cluster {
-    pub settings: Settings,
+    pub settings: SchedulerSettings,
     pub hosts: HashMap<String, Host>,
     pub tasks: HashMap<TaskId, Task>,
 }
 
 impl Cluster {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: SchedulerSettings) -> Self {
         Cluster {
             settings,
             hosts: HashMap::new(),

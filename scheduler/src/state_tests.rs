@@ -32,7 +32,7 @@ fn meta_for(url: &str, length: u64) -> (TaskId, TaskMeta) {
 }
 
 fn cluster_with(hosts: &[&str]) -> Cluster {
-    let mut c = Cluster::new(Settings::default());
+    let mut c = Cluster::new(SchedulerSettings::default());
     for h in hosts {
         c.announce_host(host(h), Instant::now());
     }
