@@ -469,3 +469,20 @@ impl Filesystem for DffsFs {
         reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_that_does_not_exist_is_enoent_and_anything_else_eio() {
+        let kind = |kind| RemoteError::new(kind, "x");
+        assert_eq!(errno(&kind(ErrorKind::NotFound)), Errno::ENOENT);
+        assert_eq!(errno(&RemoteError::origin(404, false, "x")), Errno::ENOENT);
+        assert_eq!(errno(&RemoteError::origin(410, false, "x")), Errno::ENOENT);
+        assert_eq!(errno(&RemoteError::origin(403, false, "x")), Errno::EIO);
+        assert_eq!(errno(&RemoteError::origin(0, true, "x")), Errno::EIO);
+        assert_eq!(errno(&kind(ErrorKind::Transport)), Errno::EIO);
+        assert_eq!(errno(&kind(ErrorKind::Timeout)), Errno::EIO);
+    }
+}

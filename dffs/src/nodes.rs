@@ -282,3 +282,99 @@ impl Nodes {
         node
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::proto::TaskMeta;
+
+    const PIECE: u64 = 1 << 20;
+
+    fn info(url: &str, length: u64, content_path: &str) -> TaskInfo {
+        TaskInfo {
+            meta: Some(TaskMeta {
+                task_id: TaskId::from_source(url, "", "").unwrap().to_string(),
+                content_length: length,
+                piece_length: PIECE,
+                last_modified: "Wed, 02 Dec 2026 10:00:00 GMT".into(),
+                ..Default::default()
+            }),
+            content_path: content_path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_task_gets_one_inode_however_often_it_is_seen() {
+        let nodes = Nodes::new();
+        let a = nodes.insert(&info("http://h/a", 3 * PIECE, "")).unwrap();
+        let again = nodes.insert(&info("http://h/a", 3 * PIECE, "/p")).unwrap();
+        let b = nodes.insert(&info("http://h/b", PIECE, "")).unwrap();
+        assert_eq!(a.ino, again.ino);
+        assert_ne!(a.ino, b.ino);
+        assert!(a.ino > ROOT_INO && b.ino > ROOT_INO);
+        assert_eq!(nodes.get(a.ino).unwrap().id, a.id);
+        assert_eq!(nodes.by_id(&b.id).unwrap().ino, b.ino);
+        assert!(a.mtime > UNIX_EPOCH, "Last-Modified becomes the mtime");
+    }
+
+    #[test]
+    fn pieces_become_present_and_all_of_them_make_the_task_complete() {
+        let nodes = Nodes::new();
+        let node = nodes.insert(&info("http://h/a", 3 * PIECE, "")).unwrap();
+        node.mark_present([0, 2, 99]);
+        assert!(node.has_all(0..1) && node.has_all(2..3));
+        assert!(!node.has_all(0..3));
+        assert!(!node.is_complete());
+        node.mark_present([1]);
+        assert!(node.is_complete());
+        let empty = nodes.insert(&info("http://h/empty", 0, "")).unwrap();
+        assert!(empty.is_complete(), "an empty task has nothing to fetch");
+    }
+
+    #[test]
+    fn unusable_metadata_is_refused_with_the_reason() {
+        let nodes = Nodes::new();
+        let mut bad = info("http://h/a", 3 * PIECE, "");
+        bad.meta.as_mut().unwrap().piece_length = 3;
+        let err = nodes.insert(&bad).err().expect("a piece length of 3");
+        assert!(err.to_string().contains(&err.id.to_string()), "{err}");
+        let mut no_id = info("http://h/a", PIECE, "");
+        no_id.meta.as_mut().unwrap().task_id = "zz".into();
+        assert!(nodes.insert(&no_id).is_err());
+    }
+
+    #[test]
+    fn a_successor_inode_knows_the_path_but_not_the_pieces() {
+        let nodes = Nodes::new();
+        let old = nodes.insert(&info("http://h/a", 2 * PIECE, "/c")).unwrap();
+        old.mark_present([0, 1]);
+        let new = nodes.succeed(&old);
+        assert_ne!(new.ino, old.ino);
+        assert!(!new.has_all(0..1), "the successor must ask peerd again");
+        assert_eq!(nodes.by_id(&old.id).unwrap().ino, new.ino);
+        assert_eq!(nodes.succeed(&old).ino, new.ino, "one successor only");
+        assert!(
+            nodes.get(old.ino).is_some(),
+            "open handles keep the old one"
+        );
+    }
+
+    #[test]
+    fn a_replaced_content_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("content");
+        std::fs::write(&path, vec![1u8; PIECE as usize]).unwrap();
+        let nodes = Nodes::new();
+        let node = nodes
+            .insert(&info("http://h/a", PIECE, &path.display().to_string()))
+            .unwrap();
+        node.mark_present([0]);
+        node.content().expect("opened");
+        assert!(!node.revalidate(), "nothing changed");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![2u8; PIECE as usize]).unwrap();
+        assert!(node.revalidate(), "peerd replaced the file");
+        assert!(!node.has_all(0..1));
+    }
+}

@@ -54,64 +54,14 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         download: ByteLimit::new(args.download_rate_limit),
         upload: ByteLimit::new(args.upload_rate_limit),
     };
-    let connect_timeout = Duration::from_secs(args.connect_timeout_seconds.max(1));
-    let engine = Engine::new(EngineParts {
-        store,
-        link: link.clone(),
-        pieces: PieceClient::new(connect_timeout, limits.download.clone()),
-        origin: Origin::new(connect_timeout),
-        limits: limits.clone(),
-        settings: EngineSettings {
-            requests_per_parent: args.requests_per_parent.max(1),
-            origin_requests_per_task: args.origin_requests_per_task.max(1),
-            bulk_window: args.download_slots,
-            upload_port: advertised.port(),
-            commit_interval: Duration::from_millis(args.commit_interval_ms),
-            download_slots: args.download_slots,
-            seed: args.seed,
-        },
-    });
+    let engine = engine(&args, store, link, &limits, advertised.port());
     let uploads = Arc::new(UploadServer::new(
         Arc::new(engine.clone()),
         limits.upload.clone(),
         args.max_uploads,
     ));
     let socket = bind_socket(&args.socket).await?;
-
-    // Two stop tokens, so shutdown runs in this order: the local API stops
-    // taking calls (the signal), then the control loops stop (announcing,
-    // seed sessions, following scheduler names, cache collection), then
-    // uploads (children mid-piece got the API's grace period to finish),
-    // then the engine commits every piece, sends the reports still queued
-    // and leaves the cluster, and last the reporter stops.
-    let control = CancellationToken::new();
-    let data = CancellationToken::new();
-    let mut loops = JoinSet::new();
-    let mut data_loops = JoinSet::new();
-    data_loops.spawn(uploads.clone().serve(upload, data.clone()));
-    let reporter = link.clone();
-    let reporter = tokio::spawn({
-        let stop = data.clone();
-        async move { reporter.run_reporter(stop).await }
-    });
-    loops.spawn(background::announce(
-        engine.clone(),
-        uploads.in_flight(),
-        control.clone(),
-    ));
-    loops.spawn(background::follow_names(
-        engine.clone(),
-        names,
-        control.clone(),
-    ));
-    loops.spawn(crate::engine::gc::run(
-        engine.clone(),
-        quota(&args),
-        control.clone(),
-    ));
-    if args.seed {
-        loops.spawn(crate::seed::run(engine.clone(), control.clone()));
-    }
+    let loops = Loops::start(&args, &engine, uploads, upload, names);
     tracing::info!(role, host = %host_id, upload = %advertised, socket = %args.socket.display(), data = %args.data_dir.display(), "started");
 
     let api = PeerServer::new(LocalApi::new(engine.clone()));
@@ -122,14 +72,94 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
     })
     .await?;
     tracing::info!("shutting down");
-    control.cancel();
-    while loops.join_next().await.is_some() {}
-    data.cancel();
-    while data_loops.join_next().await.is_some() {}
-    engine.shutdown().await;
-    reporter.abort();
+    loops.stop(&engine).await;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+fn engine(
+    args: &PeerdArgs,
+    store: Store,
+    link: Arc<SchedulerLink>,
+    limits: &HostLimits,
+    upload_port: u16,
+) -> Engine {
+    let connect_timeout = Duration::from_secs(args.connect_timeout_seconds.max(1));
+    Engine::new(EngineParts {
+        store,
+        link,
+        pieces: PieceClient::new(connect_timeout, limits.download.clone()),
+        origin: Origin::new(connect_timeout),
+        limits: limits.clone(),
+        settings: EngineSettings {
+            requests_per_parent: args.requests_per_parent.max(1),
+            origin_requests_per_task: args.origin_requests_per_task.max(1),
+            bulk_window: args.download_slots,
+            upload_port,
+            commit_interval: Duration::from_millis(args.commit_interval_ms),
+            download_slots: args.download_slots,
+            seed: args.seed,
+        },
+    })
+}
+
+/// peerd's background loops, under two stop tokens, so shutdown runs in
+/// this order: the local API stops taking calls (the signal), then the
+/// control loops stop (announcing, seed sessions, following scheduler
+/// names, cache collection), then the upload server stops accepting
+/// (children mid-piece had the API's grace period to finish), then the
+/// engine commits every piece, sends the reports still queued and leaves
+/// the cluster, and last the reporter stops.
+struct Loops {
+    control: CancellationToken,
+    control_loops: JoinSet<()>,
+    data: CancellationToken,
+    data_loops: JoinSet<()>,
+    reporter: tokio::task::JoinHandle<()>,
+}
+
+impl Loops {
+    fn start(
+        args: &PeerdArgs,
+        engine: &Engine,
+        uploads: Arc<UploadServer<Engine>>,
+        upload: TcpListener,
+        names: Vec<SchedulerName>,
+    ) -> Loops {
+        let (control, data) = (CancellationToken::new(), CancellationToken::new());
+        let mut data_loops = JoinSet::new();
+        let in_flight = uploads.in_flight();
+        data_loops.spawn(uploads.serve(upload, data.clone()));
+        let link = engine.link().clone();
+        let reporter = tokio::spawn({
+            let stop = data.clone();
+            async move { link.run_reporter(stop).await }
+        });
+        let mut control_loops = JoinSet::new();
+        let stop = || control.clone();
+        control_loops.spawn(background::announce(engine.clone(), in_flight, stop()));
+        control_loops.spawn(background::follow_names(engine.clone(), names, stop()));
+        control_loops.spawn(crate::engine::gc::run(engine.clone(), quota(args), stop()));
+        if args.seed {
+            control_loops.spawn(crate::seed::run(engine.clone(), stop()));
+        }
+        Loops {
+            control,
+            control_loops,
+            data,
+            data_loops,
+            reporter,
+        }
+    }
+
+    async fn stop(mut self, engine: &Engine) {
+        self.control.cancel();
+        while self.control_loops.join_next().await.is_some() {}
+        self.data.cancel();
+        while self.data_loops.join_next().await.is_some() {}
+        engine.shutdown().await;
+        self.reporter.abort();
+    }
 }
 
 fn quota(args: &PeerdArgs) -> crate::engine::gc::Quota {

@@ -200,3 +200,7 @@ fn progress_message(task: &Task, sent: &mut Bitmap, done: bool) -> DownloadProgr
         new_pieces,
     }
 }
+
+#[cfg(test)]
+#[path = "local_api_tests.rs"]
+mod tests;

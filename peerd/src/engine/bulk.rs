@@ -47,7 +47,6 @@ pub(super) async fn download(
     order: Order,
 ) -> Result<Outcome, EngineError> {
     let window = ctx.settings.bulk_window.max(1);
-    let cap = ctx.settings.requests_per_parent;
     let mut waiting = FuturesUnordered::new();
     let mut chosen = Bitmap::new(task.layout.piece_count());
     let mut refreshed: Option<Instant> = None;
@@ -66,26 +65,17 @@ pub(super) async fn download(
                 let _ = refresh::parents(&ctx, &task).await;
             });
         }
-        let started: Vec<watch::Receiver<PieceResult>> = if is_root {
+        let started = if is_root {
             root_starts(ctx, task, &wanted, &mut chosen, waiting.len(), priority)
         } else {
             let room = window.saturating_sub(waiting.len());
-            let planned = {
-                let mut state = task.lock();
-                plan::plan(
-                    &mut state,
-                    task.layout,
-                    &wanted,
-                    &mut chosen,
-                    cap,
-                    room,
-                    order,
-                )
+            let plan = Plan {
+                wanted: &wanted,
+                room,
+                priority,
+                order,
             };
-            planned
-                .into_iter()
-                .filter_map(|(n, via)| fetcher::start_via(ctx, task, n, priority, via))
-                .collect()
+            peer_starts(ctx, task, &plan, &mut chosen)
         };
         waiting.extend(started.into_iter().map(fetcher::wait));
         if waiting.is_empty() {
@@ -105,6 +95,35 @@ pub(super) async fn download(
         }
     }
     Ok(Outcome::Done)
+}
+
+/// What one round of planning asks for.
+struct Plan<'a> {
+    wanted: &'a Range<u32>,
+    /// Requests the download may add now.
+    room: usize,
+    priority: Priority,
+    order: Order,
+}
+
+/// What a host that is not the root starts next: the requests `plan`
+/// gives parents with room.
+fn peer_starts(
+    ctx: &Arc<Context>,
+    task: &Arc<Task>,
+    round: &Plan<'_>,
+    chosen: &mut Bitmap,
+) -> Vec<watch::Receiver<PieceResult>> {
+    let cap = ctx.settings.requests_per_parent;
+    let planned = {
+        let mut state = task.lock();
+        let (wanted, room, order) = (round.wanted, round.room, round.order);
+        plan::plan(&mut state, task.layout, wanted, chosen, cap, room, order)
+    };
+    planned
+        .into_iter()
+        .filter_map(|(n, via)| fetcher::start_via(ctx, task, n, round.priority, via))
+        .collect()
 }
 
 /// What a root starts next, in piece order. Once the origin has shown it

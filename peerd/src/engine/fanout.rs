@@ -112,6 +112,27 @@ impl TransferClock {
 }
 
 impl Fanout {
+    /// Starts a fresh tree for `piece` unless a live one exists, sweeping
+    /// old trees once there are many.
+    fn start_tree(&mut self, piece: u32, now: Instant) {
+        if self.pieces.len() >= SWEEP_AT {
+            self.pieces.retain(|_, t| now.duration_since(t.since) < TTL);
+            self.busy_until.retain(|_, until| *until > now);
+        }
+        let expired = self
+            .pieces
+            .get(&piece)
+            .is_none_or(|t| now.duration_since(t.since) >= TTL);
+        if expired {
+            self.transfer.new_piece(now);
+            let tree = PieceTree {
+                since: now,
+                receivers: Vec::new(),
+            };
+            self.pieces.insert(piece, tree);
+        }
+    }
+
     /// Whether this host (the task's root or not) should send `piece` to
     /// `requester` itself, or send it to an earlier receiver. `requester`
     /// is None when the asker did not say where it uploads from, and such
@@ -127,26 +148,11 @@ impl Fanout {
         let Some(requester) = requester else {
             return Decision::Serve;
         };
-        if self.pieces.len() >= SWEEP_AT {
-            self.pieces.retain(|_, t| now.duration_since(t.since) < TTL);
-            self.busy_until.retain(|_, until| *until > now);
-        }
-        let expired = self
-            .pieces
-            .get(&piece)
-            .is_none_or(|t| now.duration_since(t.since) >= TTL);
-        if expired {
-            self.transfer.new_piece(now);
-            self.pieces.insert(
-                piece,
-                PieceTree {
-                    since: now,
-                    receivers: Vec::new(),
-                },
-            );
-        }
+        self.start_tree(piece, now);
         let transfer = self.transfer.transfer();
-        let tree = self.pieces.get_mut(&piece).expect("inserted above");
+        let Some(tree) = self.pieces.get_mut(&piece) else {
+            return Decision::Serve;
+        };
         // Asking again means its source failed it: serve it here.
         if tree.receivers.iter().any(|r| r.addr == requester) {
             return Decision::Serve;

@@ -96,21 +96,7 @@ pub(super) async fn from_parent(
         None => refresh::digest(ctx, task, n).await?,
     };
     if received != digest {
-        tracing::warn!(task = %task.id, piece = n, parent = %source.addr, "parent sent a corrupt piece; isolating it");
-        metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
-        block_parent(task, &source.host_id, BLOCK_AFTER_CORRUPT);
-        ctx.link.report_bad_parent_later(
-            task.id,
-            BadParent {
-                host_id: source.host_id.clone(),
-                piece: n,
-                corrupt: true,
-            },
-        );
-        return Err(EngineError::Unavailable(format!(
-            "piece {n} from {} failed verification",
-            source.addr
-        )));
+        return Err(corrupt(ctx, task, n, &source));
     }
     tracing::trace!(task = %task.id, piece = n, from = %source.addr, ms = elapsed.as_millis() as u64, "piece received");
     if landing::store(ctx, task, n, &buf, digest)? {
@@ -121,16 +107,32 @@ pub(super) async fn from_parent(
         metrics::histogram!("dffs_piece_seconds", "source" => labels::FROM_PEER)
             .record(elapsed.as_secs_f64());
         ctx.link.report_piece_later(task.id, n);
-        ctx.link.report_speed_later(
-            task.id,
-            ParentSpeed {
-                host_id: source.host_id.clone(),
-                bytes: expected,
-                micros: elapsed.as_micros() as u64,
-            },
-        );
+        let speed = ParentSpeed {
+            host_id: source.host_id.clone(),
+            bytes: expected,
+            micros: elapsed.as_micros() as u64,
+        };
+        ctx.link.report_speed_later(task.id, speed);
     }
     Ok(())
+}
+
+/// A parent sent bytes that fail the root's digest: it is kept away from
+/// this task for long, and reported.
+fn corrupt(ctx: &Context, task: &Task, n: u32, source: &ParentView) -> EngineError {
+    tracing::warn!(task = %task.id, piece = n, parent = %source.addr, "parent sent a corrupt piece; isolating it");
+    metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
+    block_parent(task, &source.host_id, BLOCK_AFTER_CORRUPT);
+    let bad = BadParent {
+        host_id: source.host_id.clone(),
+        piece: n,
+        corrupt: true,
+    };
+    ctx.link.report_bad_parent_later(task.id, bad);
+    EngineError::Unavailable(format!(
+        "piece {n} from {} failed verification",
+        source.addr
+    ))
 }
 
 /// Receives piece `n` into `buf` from `parent`, following one redirect

@@ -83,7 +83,6 @@ pub(super) fn plan(
     order: Order,
 ) -> Vec<(u32, ParentView)> {
     let now = Instant::now();
-    let count = layout.piece_count();
     let usable = |p: &&ParentView| {
         state
             .blocked
@@ -94,37 +93,15 @@ pub(super) fn plan(
     if !state.parents.iter().filter(usable).any(has_room) {
         return Vec::new();
     }
-    let open = open_words(state, wanted, chosen);
-    // How many usable plain parents hold each open piece. A parent that is
-    // blocked (down, or lying) must not keep the root from serving.
-    let mut holders = vec![0u32; count as usize];
-    for p in state.parents.iter().filter(usable).filter(|p| !p.is_root) {
-        let held_and_open = p.bitmap.words().zip(&open).map(|(held, open)| held & open);
-        for n in ones_in(held_and_open) {
-            holders[n as usize] += 1;
-        }
-    }
-    let mut rng = rand::rng();
     let mut asked: Vec<usize> = (0..state.parents.len())
         .filter(|&i| usable(&&state.parents[i]))
         .collect();
-    let region_len = in_order_region(asked.len());
-    let mut ranked: Vec<Candidate> = ones_in(open.iter().copied())
-        .map(|n| Candidate {
-            holders: holders[n as usize],
-            region: match order {
-                Order::Spread => 0,
-                Order::InOrder => n / region_len,
-            },
-            tie: rng.random(),
-            n,
-        })
-        .collect();
+    let open = open_words(state, wanted, chosen);
+    let ranked = rank(state, layout, &open, order, asked.len(), usable);
     if ranked.is_empty() {
         return Vec::new();
     }
-    ranked.sort_unstable();
-    asked.shuffle(&mut rng);
+    asked.shuffle(&mut rand::rng());
     // Plain peers first, within the room; the root after them, outside
     // it. New pieces exist only at the root, and a host whose room is
     // full of requests to busy peers would otherwise ask for them late:
@@ -150,6 +127,41 @@ pub(super) fn plan(
         }
     }
     plans
+}
+
+/// The open pieces (as words, see `open_words`) in the order `plan` hands
+/// them out: rarest among the usable plain parents first. A parent that is
+/// blocked (down, or lying) must not keep the root from serving.
+fn rank(
+    state: &State,
+    layout: Layout,
+    open: &[u64],
+    order: Order,
+    usable_parents: usize,
+    usable: impl Fn(&&ParentView) -> bool,
+) -> Vec<Candidate> {
+    let mut holders = vec![0u32; layout.piece_count() as usize];
+    for p in state.parents.iter().filter(&usable).filter(|p| !p.is_root) {
+        let held_and_open = p.bitmap.words().zip(open).map(|(held, open)| held & open);
+        for n in ones_in(held_and_open) {
+            holders[n as usize] += 1;
+        }
+    }
+    let region_len = in_order_region(usable_parents);
+    let mut rng = rand::rng();
+    let mut ranked: Vec<Candidate> = ones_in(open.iter().copied())
+        .map(|n| Candidate {
+            holders: holders[n as usize],
+            region: match order {
+                Order::Spread => 0,
+                Order::InOrder => n / region_len,
+            },
+            tie: rng.random(),
+            n,
+        })
+        .collect();
+    ranked.sort_unstable();
+    ranked
 }
 
 /// A missing piece as `plan` ranks it: the fields compare in order, so
