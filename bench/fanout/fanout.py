@@ -358,7 +358,7 @@ def main():
     ap.add_argument("--link-mbit", type=int, default=100)
     ap.add_argument("--origin-mbit", type=int, help="origin uplink (default: --link-mbit)")
     ap.add_argument("--scenarios", default="dfget,dffs,curl")
-    ap.add_argument("--bin-dir", default=str(ROOT / "target" / "release"))
+    ap.add_argument("--bin-dir", default=os.environ.get("DFFS_BIN_DIR", str(ROOT / "target" / "release")))
     ap.add_argument("--plot", help="write a PNG plot here")
     ap.add_argument("--out-dir", type=Path,
                     help="where every host's client writes its copy (default: the run's work directory, on disk); "
