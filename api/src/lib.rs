@@ -6,6 +6,7 @@
 //! - [`piece`]: piece sizes, piece arithmetic and piece bitmaps.
 //! - [`digest`]: piece digests and whole-file digest checks.
 //! - [`error`]: the structured error every service attaches to a status.
+//! - [`identity`]: host secrets, and proving a call comes from its host.
 //! - [`config`]: `--config FILE` support for every daemon.
 //! - [`local`]: the client of peerd's local API (dfget, dffs).
 //! - [`transport`]: where every connection is made and accepted.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod identity;
 pub mod local;
 pub mod piece;
 pub mod task;
@@ -29,3 +31,6 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("dffs.v1");
 }
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -44,18 +44,39 @@ pub struct Layout {
     pub piece_length: u64,
 }
 
+/// Most pieces a task may have: 64 TiB in 64 MiB pieces. A layout comes
+/// from the network, and every daemon sizes per-task tables by it, so an
+/// unbounded count would let one message make a daemon allocate without
+/// limit (one with 2^32 pieces once aborted the scheduler).
+pub const MAX_PIECES: u64 = 1 << 20;
+
 /// Why a layout from the network was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid piece length {0}: must be a power of two between 256 KiB and 64 MiB")]
-pub struct BadPieceLength(pub u64);
+pub enum BadLayout {
+    #[error("invalid piece length {0}: must be a power of two between 256 KiB and 64 MiB")]
+    PieceLength(u64),
+    #[error(
+        "a content length of {content_length} bytes in pieces of {piece_length} makes more than {MAX_PIECES} pieces; dffs handles objects up to 64 TiB"
+    )]
+    TooManyPieces {
+        content_length: u64,
+        piece_length: u64,
+    },
+}
 
 impl Layout {
     /// A layout checked for sanity, since it may come from the network.
-    pub fn new(content_length: u64, piece_length: u64) -> Result<Self, BadPieceLength> {
+    pub fn new(content_length: u64, piece_length: u64) -> Result<Self, BadLayout> {
         let valid = piece_length.is_power_of_two()
             && (MIN_PIECE_LENGTH..=MAX_PIECE_LENGTH).contains(&piece_length);
         if !valid {
-            return Err(BadPieceLength(piece_length));
+            return Err(BadLayout::PieceLength(piece_length));
+        }
+        if content_length.div_ceil(piece_length) > MAX_PIECES {
+            return Err(BadLayout::TooManyPieces {
+                content_length,
+                piece_length,
+            });
         }
         Ok(Layout {
             content_length,
@@ -301,6 +322,24 @@ mod tests {
         assert!(Layout::new(10, 0).is_err());
         assert!(Layout::new(10, 3 << 20).is_err());
         assert!(Layout::new(10, 1 << 30).is_err());
+    }
+
+    #[test]
+    fn layouts_too_large_to_hold_are_refused_and_the_largest_legal_one_is_not() {
+        // The message that aborted the scheduler: (2^32 - 1) pieces of 256 KiB.
+        let huge = Layout::new(((1u64 << 32) - 1) * MIN_PIECE_LENGTH, MIN_PIECE_LENGTH);
+        assert!(matches!(huge, Err(BadLayout::TooManyPieces { .. })));
+        assert!(
+            Layout::new(1 << 40, MIN_PIECE_LENGTH).is_err(),
+            "1 TiB in 256 KiB pieces"
+        );
+        let largest = Layout::new(MAX_PIECES * MAX_PIECE_LENGTH, MAX_PIECE_LENGTH).unwrap();
+        assert_eq!(u64::from(largest.piece_count()), MAX_PIECES);
+        // Every object dffs picks a layout for itself fits.
+        for length in [0, 1, 1 << 30, 1 << 40, 64 << 40] {
+            let layout = Layout::for_length(length);
+            assert!(Layout::new(length, layout.piece_length).is_ok(), "{length}");
+        }
     }
 
     #[test]

@@ -115,3 +115,30 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+/// Raises this process's soft limit of open files to its hard limit. peerd
+/// holds files per cached task and per connection, and the usual soft
+/// limit (1024 under systemd) ran it out of descriptors at about 500
+/// tasks. Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 
 /// The endpoint URI is required by tonic but never used: the connector
@@ -73,22 +73,52 @@ pub fn grpc_server() -> Server {
 
 /// The connections a TCP gRPC server accepts. `Server::tcp_nodelay` covers
 /// only listeners the server binds itself; these have it set one by one,
-/// or every reply over a few KB would wait for a delayed ACK.
+/// or every reply over a few KB would wait for a delayed ACK. A failed
+/// accept (out of file descriptors, say) is logged and retried after a
+/// pause, never handed to the server, which would spin on it.
 pub fn tcp_incoming(
     listener: TcpListener,
 ) -> impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    futures::stream::unfold(listener, |listener| async move {
+        let (stream, _) = accept_patiently(|| listener.accept()).await;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+        Some((Ok(stream), listener))
     })
 }
 
-/// The connections a Unix-socket gRPC server accepts.
+/// The connections a Unix-socket gRPC server accepts, retried like
+/// [`tcp_incoming`]'s.
 pub fn unix_incoming(
     listener: UnixListener,
 ) -> impl Stream<Item = std::io::Result<UnixStream>> + Send + 'static {
-    tokio_stream::wrappers::UnixListenerStream::new(listener)
+    futures::stream::unfold(listener, |listener| async move {
+        let (stream, _) = accept_patiently(|| listener.accept()).await;
+        Some((Ok(stream), listener))
+    })
+}
+
+/// How long to wait after a failed accept before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts the next connection, waiting out failures: an accept fails
+/// when the process is out of file descriptors, and trying again at once
+/// would take a core until some are freed.
+async fn accept_patiently<S, A, F, Fut>(accept: F) -> (S, A)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = std::io::Result<(S, A)>>,
+{
+    loop {
+        match accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!("accepting a connection failed: {e}; retrying shortly");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// Dials a peer's data plane (piece uploads) at `addr`.
@@ -100,12 +130,14 @@ pub async fn dial_data(addr: &str, timeout: Duration) -> std::io::Result<TcpStre
     Ok(stream)
 }
 
-/// Accepts the next data-plane connection.
-pub async fn accept_data(listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
-    let (stream, peer) = listener.accept().await?;
+/// Accepts the next data-plane connection, waiting out failed accepts.
+pub async fn accept_data(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let (stream, peer) = accept_patiently(|| listener.accept()).await;
     // A piece header must not wait for the ACK of the one before.
-    stream.set_nodelay(true)?;
-    Ok((stream, peer))
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+    }
+    (stream, peer)
 }
 
 #[cfg(test)]
@@ -118,7 +150,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut incoming = Box::pin(tcp_incoming(listener));
         let _client = TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.unwrap().unwrap();
+        let accepted = tokio_stream::StreamExt::next(&mut incoming)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(accepted.nodelay().unwrap());
     }
 }

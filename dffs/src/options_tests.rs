@@ -97,3 +97,19 @@ fn bad_options_are_named() {
     let err = parse(&["/dfly", "-o", "foreground=yes"]).unwrap_err();
     assert!(err.contains("'foreground=yes'"), "{err}");
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever mount(8) or fstab passes is taken or refused with a
+        /// message, never a panic, and a taken timeout is always usable.
+        #[test]
+        fn any_mount_options_are_taken_or_refused(options in "[a-z_=,.0-9/ -]{0,80}") {
+            if let Ok(args) = parse(&["/dfly", "-o", &options]) {
+                prop_assert!(args.timeout > 0.0 && args.timeout.is_finite());
+            }
+        }
+    }
+}

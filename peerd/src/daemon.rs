@@ -24,9 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
     let role = if args.seed { "seed" } else { "peerd" };
+    let open_files = api::telemetry::raise_open_files_limit();
+    tracing::debug!(open_files, "open files limit");
     api::telemetry::serve_metrics(args.metrics_addr).await?;
     let store = Store::open(&args.data_dir)?;
-    let host_id = store.host_id()?;
+    let identity = store.host_identity()?;
+    let host_id = identity.id().to_string();
     let upload = TcpListener::bind(args.upload_addr).await.with_context(|| {
         format!(
             "cannot listen on upload address {}; choose another with --upload-addr",
@@ -49,7 +52,7 @@ pub async fn run(args: PeerdArgs) -> anyhow::Result<()> {
         upload_limit: args.upload_rate_limit,
         uploads_in_flight: 0,
     };
-    let link = Arc::new(SchedulerLink::new(&schedulers, host));
+    let link = Arc::new(SchedulerLink::new(&schedulers, host, identity));
     let limits = HostLimits {
         download: ByteLimit::new(args.download_rate_limit),
         upload: ByteLimit::new(args.upload_rate_limit),

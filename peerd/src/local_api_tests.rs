@@ -47,7 +47,11 @@ async fn serve_local_api(dir: &std::path::Path) -> std::path::PathBuf {
     let nowhere = "127.0.0.1:9".parse().unwrap();
     let engine = Engine::new(EngineParts {
         store,
-        link: Arc::new(SchedulerLink::new(&[nowhere], host)),
+        link: Arc::new(SchedulerLink::new(
+            &[nowhere],
+            host,
+            api::identity::HostIdentity::generate(),
+        )),
         pieces: PieceClient::new(Duration::from_secs(1), Default::default()),
         origin: Origin::new(Duration::from_secs(1)),
         limits: HostLimits::default(),

@@ -5,6 +5,7 @@
 //! it and receive the tasks they should root. Losing a scheduler loses no
 //! data: peers announce themselves again and re-report what they hold.
 
+mod limits;
 mod pieces;
 pub mod ranking;
 mod registration;
@@ -68,6 +69,9 @@ impl Args {
 
 /// Runs the scheduler until the process is stopped.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // One connection per host: a fleet needs more than the default 1024.
+    let open_files = api::telemetry::raise_open_files_limit();
+    tracing::debug!(open_files, "open files limit");
     api::telemetry::serve_metrics(args.metrics_addr).await?;
     let cluster = Arc::new(Mutex::new(Cluster::new(args.settings())));
     let stop = CancellationToken::new();

@@ -1,9 +1,11 @@
 //! Who holds which pieces: parents for a child, and what peers report.
 
 use crate::ranking::{self, Candidate};
-use crate::state::{Cluster, unknown_task};
+use crate::state::{Cluster, Task, unknown_task};
 use api::error::{ErrorKind, invalid, status};
-use api::proto::{GetParentsResponse, Parent, PieceDigest, ReportPiecesRequest};
+use api::proto::{
+    BadParent, GetParentsResponse, Parent, ParentSpeed, PieceDigest, ReportPiecesRequest,
+};
 use api::task::TaskId;
 use std::time::Instant;
 use tonic::Status;
@@ -56,7 +58,7 @@ impl Cluster {
         let digests = want_digests
             .iter()
             .filter_map(|&n| {
-                let digest = task.digests.get(n as usize).copied().flatten()?;
+                let digest = *task.digests.get(&n)?;
                 Some(PieceDigest {
                     number: n,
                     blake3: digest.to_vec(),
@@ -70,6 +72,10 @@ impl Cluster {
         })
     }
 
+    /// Applies a host's report: pieces it now holds, digests (from the
+    /// root only), parents that failed it and how fast others delivered.
+    /// A report with any bad part is refused whole, before anything of it
+    /// is applied.
     pub fn report_pieces(
         &mut self,
         req: &ReportPiecesRequest,
@@ -77,20 +83,53 @@ impl Cluster {
         now: Instant,
     ) -> Result<(), Status> {
         let host_id = req.host_id.as_str();
-        let (pieces, digests, bad_parents, speeds) =
-            (&req.pieces, &req.digests, &req.bad_parents, &req.speeds);
         self.known_host(host_id)?;
-        let isolation = self.settings.isolation;
-        for bad in bad_parents {
-            if let Some(parent) = self.hosts.get_mut(&bad.host_id) {
-                parent.failures += 1.0;
-                if bad.corrupt {
-                    tracing::warn!(parent = %bad.host_id, reporter = %host_id, piece = bad.piece, "parent isolated: it served a corrupt piece");
-                    metrics::counter!("scheduler_isolations_total").increment(1);
-                    parent.isolated_until = Some(now + isolation);
-                }
+        let task = self
+            .tasks
+            .get(&task_id)
+            .ok_or_else(|| unknown_task(&task_id))?;
+        let digests = checked_digests(task, task_id, host_id, &req.digests)?;
+        self.record_bad_parents(host_id, &req.bad_parents, now);
+        self.record_speeds(&req.speeds);
+        let task = self.tasks.get_mut(&task_id).expect("looked up above");
+        task.digests.extend(digests);
+        let count = task.piece_count();
+        let peer = task.add_peer(host_id);
+        for &n in req.pieces.iter().filter(|&&n| n < count) {
+            peer.bitmap.set(n);
+        }
+        Ok(())
+    }
+
+    /// Counts failures against parents. A corrupt-piece report isolates a
+    /// parent only once `isolation_quorum` distinct hosts have sent one
+    /// within the isolation period: a single host could otherwise isolate
+    /// anyone, the seed included, with one message.
+    fn record_bad_parents(&mut self, reporter: &str, bad_parents: &[BadParent], now: Instant) {
+        let (isolation, quorum) = (self.settings.isolation, self.settings.isolation_quorum);
+        for bad in bad_parents.iter().filter(|b| b.host_id != reporter) {
+            let Some(parent) = self.hosts.get_mut(&bad.host_id) else {
+                continue;
+            };
+            parent.failures += 1.0;
+            if !bad.corrupt {
+                continue;
+            }
+            parent.corrupt_reports.insert(reporter.to_string(), now);
+            parent
+                .corrupt_reports
+                .retain(|_, at| now.duration_since(*at) < isolation);
+            let reporters = parent.corrupt_reports.len();
+            tracing::warn!(parent = %bad.host_id, reporter = %reporter, piece = bad.piece, reporters, "a host reports a corrupt piece from this parent");
+            if reporters >= quorum.max(1) && !parent.is_isolated(now) {
+                tracing::warn!(parent = %bad.host_id, reporters, "parent isolated: several hosts got corrupt pieces from it");
+                metrics::counter!("scheduler_isolations_total").increment(1);
+                parent.isolated_until = Some(now + isolation);
             }
         }
+    }
+
+    fn record_speeds(&mut self, speeds: &[ParentSpeed]) {
         for speed in speeds.iter().filter(|s| s.micros > 0) {
             if let Some(parent) = self.hosts.get_mut(&speed.host_id) {
                 let sample = speed.bytes as f64 / (speed.micros as f64 / 1e6);
@@ -101,40 +140,50 @@ impl Cluster {
                 };
             }
         }
-        let task = self
-            .tasks
-            .get_mut(&task_id)
-            .ok_or_else(|| unknown_task(&task_id))?;
-        let is_root = task.root.as_deref() == Some(host_id);
-        let count = task.piece_count();
-        if !digests.is_empty() && !is_root {
-            return Err(status(
-                ErrorKind::Denied,
-                format!(
-                    "host {host_id} is not the root of task {task_id} and may not report digests"
-                ),
-            ));
-        }
-        for d in digests {
-            let Some(slot) = task.digests.get_mut(d.number as usize) else {
+    }
+}
+
+/// The digests of a report, checked: only the task's root reports them,
+/// each for a piece the task has, 32 bytes long, and never different from
+/// one reported before: the first report stands, and a conflicting one is
+/// refused, not silently kept or dropped.
+fn checked_digests(
+    task: &Task,
+    task_id: TaskId,
+    host_id: &str,
+    digests: &[PieceDigest],
+) -> Result<Vec<(u32, [u8; 32])>, Status> {
+    if digests.is_empty() {
+        return Ok(Vec::new());
+    }
+    if task.root.as_deref() != Some(host_id) {
+        return Err(status(
+            ErrorKind::Denied,
+            format!("host {host_id} is not the root of task {task_id} and may not report digests"),
+        ));
+    }
+    let count = task.piece_count();
+    digests
+        .iter()
+        .map(|d| {
+            if d.number >= count {
                 return Err(invalid(format!("piece {} is out of range", d.number)));
-            };
+            }
             let digest: [u8; 32] = d
                 .blake3
                 .as_slice()
                 .try_into()
                 .map_err(|_| invalid("a piece digest must be 32 bytes"))?;
-            match slot {
-                Some(existing) if *existing != digest => {
-                    tracing::warn!(task = %task_id, piece = d.number, "conflicting digest reported; keeping the first");
-                }
-                _ => *slot = Some(digest),
+            match task.digests.get(&d.number) {
+                Some(known) if *known != digest => Err(status(
+                    ErrorKind::Denied,
+                    format!(
+                        "piece {} of task {task_id} already has another digest; the first report stands",
+                        d.number
+                    ),
+                )),
+                _ => Ok((d.number, digest)),
             }
-        }
-        let peer = task.add_peer(host_id);
-        for &n in pieces.iter().filter(|&&n| n < count) {
-            peer.bitmap.set(n);
-        }
-        Ok(())
-    }
+        })
+        .collect()
 }

@@ -12,14 +12,24 @@ use std::time::Instant;
 use tonic::Status;
 
 impl Cluster {
+    /// Joins `req.host_id` to a task. Metadata a host sends along (when it
+    /// re-reports a task it holds) never creates or changes a task: a new
+    /// task's metadata comes only from resolving it at the origin, and a
+    /// holder's pieces count only if its metadata describes the same object.
     pub fn register_peer(
         &mut self,
         req: RegisterRequest<'_>,
         now: Instant,
     ) -> Result<Registration, Status> {
         self.known_host(req.host_id)?;
-        let task_known = self.tasks.contains_key(&req.task_id);
-        if !task_known && req.source.is_none() && req.meta.is_none() {
+        if let Some(meta) = &req.meta {
+            check_meta_matches(&req.task_id, meta)?;
+        }
+        let source = req
+            .source
+            .clone()
+            .or_else(|| req.meta.as_ref().and_then(|m| m.source.clone()));
+        if !self.tasks.contains_key(&req.task_id) && source.is_none() {
             return Err(unknown_task(&req.task_id));
         }
         let task = self.tasks.entry(req.task_id).or_insert_with(Task::new);
@@ -28,31 +38,23 @@ impl Cluster {
             task.private_fetchers.insert(req.host_id.to_string());
         }
         if task.source.is_none() {
-            task.source = req
-                .source
-                .clone()
-                .or_else(|| req.meta.as_ref().and_then(|m| m.source.clone()));
+            task.source = source;
         }
-        if task.meta.is_none()
-            && let Some(meta) = req.meta.clone()
-        {
-            task.set_meta(meta)?;
-        }
-        if task.meta.is_none() {
+        let Some(known) = task.meta.clone() else {
             return Ok(self.begin_resolution(req.task_id, req.host_id, req.want_whole, now));
-        }
+        };
         let task = self
             .tasks
             .get_mut(&req.task_id)
             .expect("task inserted above");
         let peer = task.add_peer(req.host_id);
-        if let Some(bytes) = req.bitmap {
+        let holds_this_object = req.meta.as_ref().is_some_and(|m| same_object(m, &known));
+        if let Some(bytes) = req.bitmap.filter(|_| holds_this_object) {
             peer.bitmap = Bitmap::from_bytes(peer.bitmap.len(), bytes);
         }
         let root = self.ensure_root(req.task_id, req.host_id, req.want_whole, now);
-        let task = &self.tasks[&req.task_id];
         Ok(Registration::Done(RegisterPeerResponse {
-            meta: task.meta.clone(),
+            meta: Some(known),
             is_root: root == req.host_id,
             must_resolve: false,
         }))
@@ -276,6 +278,13 @@ fn check_meta_matches(task_id: &TaskId, meta: &TaskMeta) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Whether two descriptions of a task are of the same bytes: the same
+/// length, pieces and origin validators.
+fn same_object(a: &TaskMeta, b: &TaskMeta) -> bool {
+    (a.content_length, a.piece_length, &a.etag, &a.last_modified)
+        == (b.content_length, b.piece_length, &b.etag, &b.last_modified)
 }
 
 fn rendezvous_weight(task_id: &TaskId, host_id: &str) -> [u8; 32] {

@@ -1,6 +1,7 @@
 //! The Scheduler gRPC service: checks and converts requests, then applies
 //! them to the shared [`Cluster`].
 
+use crate::limits;
 use crate::state::{Cluster, RegisterRequest, Registration, Resolution};
 use api::error::{ErrorKind, RemoteError, invalid, parse_task_id, status};
 use api::proto::scheduler_server::Scheduler;
@@ -47,6 +48,30 @@ fn register_task_id(req: &RegisterPeerRequest) -> Result<TaskId, Status> {
     Ok(derived)
 }
 
+/// The message of `request`, once it is proven to come from the host it
+/// names (see `api::identity`): no host can act as another.
+fn from_host<T>(request: Request<T>, host_id: impl Fn(&T) -> &str) -> Result<T, Status> {
+    api::identity::verify(&request, host_id(request.get_ref()))?;
+    Ok(request.into_inner())
+}
+
+/// A host's description, checked: an id of the right form, an address
+/// peers can dial, and sizes that fit.
+fn checked_host(host: Option<HostInfo>) -> Result<HostInfo, Status> {
+    let host = host.ok_or_else(|| invalid("host is required"))?;
+    if !api::identity::is_host_id(&host.host_id) {
+        return Err(invalid("host_id must be 32 lower-case hex characters"));
+    }
+    if host.upload_addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(format!(
+            "upload_addr {:?} is not IP:PORT",
+            limits::shown(&host.upload_addr)
+        )));
+    }
+    limits::check_len("hostname", &host.hostname, limits::MAX_NAME)?;
+    Ok(host)
+}
+
 type CommandStream = Pin<Box<dyn Stream<Item = Result<SeedCommand, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -55,13 +80,8 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<AnnounceHostRequest>,
     ) -> Result<Response<AnnounceHostResponse>, Status> {
-        let host = request
-            .into_inner()
-            .host
-            .ok_or_else(|| invalid("host is required"))?;
-        if host.host_id.is_empty() || host.upload_addr.is_empty() {
-            return Err(invalid("host_id and upload_addr are required"));
-        }
+        let host = checked_host(request.get_ref().host.clone())?;
+        api::identity::verify(&request, &host.host_id)?;
         let mut cluster = self.lock();
         let resync = cluster.announce_host(host, Instant::now());
         Ok(Response::new(AnnounceHostResponse {
@@ -74,8 +94,8 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<LeaveHostRequest>,
     ) -> Result<Response<Empty>, Status> {
-        self.lock()
-            .remove_host(&request.into_inner().host_id, Instant::now());
+        let req = from_host(request, |r| &r.host_id)?;
+        self.lock().remove_host(&req.host_id, Instant::now());
         Ok(Response::new(Empty {}))
     }
 
@@ -84,8 +104,14 @@ impl Scheduler for SchedulerService {
         request: Request<RegisterPeerRequest>,
     ) -> Result<Response<RegisterPeerResponse>, Status> {
         metrics::counter!("scheduler_register_peer_total").increment(1);
-        let req = request.into_inner();
+        let req = from_host(request, |r| &r.host_id)?;
         let task_id = register_task_id(&req)?;
+        if let Some(source) = &req.source {
+            limits::check_source(source)?;
+        }
+        if let Some(meta) = &req.meta {
+            limits::check_meta(meta)?;
+        }
         let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
         loop {
             let outcome = self.lock().register_peer(
@@ -136,7 +162,7 @@ impl Scheduler for SchedulerService {
         request: Request<GetParentsRequest>,
     ) -> Result<Response<GetParentsResponse>, Status> {
         metrics::counter!("scheduler_get_parents_total").increment(1);
-        let req = request.into_inner();
+        let req = from_host(request, |r| &r.host_id)?;
         let task_id = parse_task_id(&req.task_id)?;
         let response =
             self.lock()
@@ -148,7 +174,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportPiecesRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let req = request.into_inner();
+        let req = from_host(request, |r| &r.host_id)?;
         let task_id = parse_task_id(&req.task_id)?;
         metrics::counter!("scheduler_pieces_reported_total").increment(req.pieces.len() as u64);
         self.lock().report_pieces(&req, task_id, Instant::now())?;
@@ -159,10 +185,13 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<ReportTaskMetaRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let req = request.into_inner();
+        let req = from_host(request, |r| &r.host_id)?;
         let task_id = parse_task_id(&req.task_id)?;
         let result = match req.result {
-            Some(report_task_meta_request::Result::Meta(meta)) => Ok(meta),
+            Some(report_task_meta_request::Result::Meta(meta)) => {
+                limits::check_meta(&meta)?;
+                Ok(meta)
+            }
             Some(report_task_meta_request::Result::Error(error)) => {
                 Err(RemoteError::from_detail(error))
             }
@@ -177,7 +206,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<LeaveTaskRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let req = request.into_inner();
+        let req = from_host(request, |r| &r.host_id)?;
         let task_id = parse_task_id(&req.task_id)?;
         self.lock()
             .leave_task(&req.host_id, task_id, Instant::now());
@@ -190,10 +219,8 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<SeedSessionRequest>,
     ) -> Result<Response<Self::SeedSessionStream>, Status> {
-        let host = request
-            .into_inner()
-            .host
-            .ok_or_else(|| invalid("host is required"))?;
+        let host = checked_host(request.get_ref().host.clone())?;
+        api::identity::verify(&request, &host.host_id)?;
         let (tx, rx) = mpsc::channel(1024);
         tracing::info!(seed = %host.host_id, "seed connected");
         self.lock().attach_seed(host, tx, Instant::now());

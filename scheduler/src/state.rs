@@ -21,6 +21,8 @@ pub struct SchedulerSettings {
     pub host_timeout: Duration,
     /// How long a host that served corrupt bytes is kept out of parent lists.
     pub isolation: Duration,
+    /// Distinct hosts whose corrupt-piece reports isolate a parent.
+    pub isolation_quorum: usize,
     /// How long a task with no peers keeps its metadata.
     pub task_ttl: Duration,
     /// How long a resolver may take before another host is asked.
@@ -34,6 +36,7 @@ impl Default for SchedulerSettings {
             keepalive: Duration::from_secs(5),
             host_timeout: Duration::from_secs(20),
             isolation: Duration::from_secs(600),
+            isolation_quorum: 2,
             task_ttl: Duration::from_secs(600),
             resolve_timeout: Duration::from_secs(30),
         }
@@ -50,6 +53,10 @@ pub struct Host {
     pub isolated_until: Option<Instant>,
     /// Failures reported by children, halved every keepalive.
     pub failures: f64,
+    /// Hosts that reported this one for a corrupt piece, and when. One
+    /// report is no evidence (any host can send one); several independent
+    /// ones isolate it.
+    pub corrupt_reports: HashMap<String, Instant>,
     /// Recent delivery speed in bytes per second (moving average).
     pub speed: f64,
 }
@@ -62,6 +69,7 @@ impl Host {
             seed_commands: None,
             isolated_until: None,
             failures: 0.0,
+            corrupt_reports: HashMap::new(),
             speed: 0.0,
         }
     }
@@ -90,7 +98,9 @@ pub struct Task {
     /// The host resolving the metadata, and since when.
     pub(crate) resolving: Option<(String, Instant)>,
     pub(crate) resolution: watch::Sender<Resolution>,
-    pub digests: Vec<Option<[u8; 32]>>,
+    /// Digests the root reported, by piece; filled as reports come, so a
+    /// task's size costs nothing until its pieces are fetched.
+    pub digests: HashMap<u32, [u8; 32]>,
     pub peers: HashMap<String, Peer>,
     /// The host that fetches from the origin what nobody holds.
     pub root: Option<String>,
@@ -111,7 +121,7 @@ impl Task {
             layout: None,
             resolving: None,
             resolution: watch::channel(Resolution::Pending).0,
-            digests: Vec::new(),
+            digests: HashMap::new(),
             peers: HashMap::new(),
             root: None,
             whole_requested: false,
@@ -124,7 +134,7 @@ impl Task {
     pub(crate) fn set_meta(&mut self, meta: TaskMeta) -> Result<(), Status> {
         let layout = Layout::new(meta.content_length, meta.piece_length)
             .map_err(|e| invalid(e.to_string()))?;
-        self.digests = vec![None; layout.piece_count() as usize];
+        self.digests.clear();
         for peer in self.peers.values_mut() {
             peer.bitmap = Bitmap::new(layout.piece_count());
         }
@@ -297,3 +307,7 @@ pub fn unknown_task(task_id: &TaskId) -> Status {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;

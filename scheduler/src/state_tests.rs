@@ -181,17 +181,11 @@ fn parents_hold_useful_pieces_and_isolated_hosts_are_left_out() {
     report(&mut c, "root", id, &[0, 1, 2, 3], &[0, 1, 2, 3]).unwrap();
     report(&mut c, "full", id, &[0, 1, 2, 3], &[]).unwrap();
     report(&mut c, "bad", id, &[0, 1, 2, 3], &[]).unwrap();
-    let bad = ReportPiecesRequest {
-        host_id: "child".into(),
-        task_id: id.to_string(),
-        bad_parents: vec![BadParent {
-            host_id: "bad".into(),
-            piece: 0,
-            corrupt: true,
-        }],
-        ..Default::default()
-    };
-    c.report_pieces(&bad, id, Instant::now()).unwrap();
+    // Two independent hosts got corrupt bytes from "bad".
+    for reporter in ["child", "full"] {
+        c.report_pieces(&corrupt_report(reporter, "bad", id), id, Instant::now())
+            .unwrap();
+    }
     let resp = c
         .get_parents("child", id, &[0, 3, 9], Instant::now())
         .unwrap();
@@ -204,6 +198,137 @@ fn parents_hold_useful_pieces_and_isolated_hosts_are_left_out() {
     assert_eq!(
         resp.digests.iter().map(|d| d.number).collect::<Vec<_>>(),
         [0, 3]
+    );
+}
+
+fn corrupt_report(reporter: &str, parent: &str, id: TaskId) -> ReportPiecesRequest {
+    ReportPiecesRequest {
+        host_id: reporter.into(),
+        task_id: id.to_string(),
+        bad_parents: vec![BadParent {
+            host_id: parent.into(),
+            piece: 0,
+            corrupt: true,
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_host_alone_cannot_isolate_another() {
+    let url = "http://origin/iso";
+    let (id, meta) = meta_for(url, MIB);
+    let mut c = cluster_with(&["seed", "liar", "other"]);
+    done(register(&mut c, "seed", url));
+    c.report_task_meta("seed", id, Ok(meta)).unwrap();
+    done(register(&mut c, "liar", url));
+    let now = Instant::now();
+    for _ in 0..5 {
+        c.report_pieces(&corrupt_report("liar", "seed", id), id, now)
+            .unwrap();
+    }
+    // Reporting oneself counts for nothing either.
+    c.report_pieces(&corrupt_report("seed", "seed", id), id, now)
+        .unwrap();
+    assert!(
+        !c.hosts["seed"].is_isolated(now),
+        "one liar isolated the seed"
+    );
+    c.report_pieces(&corrupt_report("other", "seed", id), id, now)
+        .unwrap();
+    assert!(c.hosts["seed"].is_isolated(now), "two hosts are evidence");
+}
+
+#[test]
+fn a_conflicting_digest_is_refused_and_the_first_stands() {
+    let url = "http://origin/c";
+    let (id, meta) = meta_for(url, 2 * MIB);
+    let mut c = cluster_with(&["root"]);
+    done(register(&mut c, "root", url));
+    c.report_task_meta("root", id, Ok(meta)).unwrap();
+    report(&mut c, "root", id, &[0], &[0]).unwrap();
+    let forged = ReportPiecesRequest {
+        host_id: "root".into(),
+        task_id: id.to_string(),
+        pieces: vec![1],
+        digests: vec![
+            PieceDigest {
+                number: 1,
+                blake3: vec![1; 32],
+            },
+            PieceDigest {
+                number: 0,
+                blake3: vec![9; 32],
+            },
+        ],
+        ..Default::default()
+    };
+    let err = c.report_pieces(&forged, id, Instant::now()).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("piece 0"), "{}", err.message());
+    let task = &c.tasks[&id];
+    assert_eq!(task.digests[&0], [0; 32], "the first digest stands");
+    assert!(
+        !task.digests.contains_key(&1),
+        "a refused report is applied in no part"
+    );
+    assert!(!task.peers["root"].bitmap.get(1));
+}
+
+/// A host re-reporting a task it holds whole, with its metadata.
+fn resync(host: &str, id: TaskId, meta: TaskMeta) -> RegisterRequest<'_> {
+    RegisterRequest {
+        host_id: host,
+        task_id: id,
+        source: None,
+        want_whole: false,
+        bitmap: Some(&[0xff]),
+        meta: Some(meta),
+        private_source: false,
+    }
+}
+
+#[test]
+fn metadata_sent_along_cannot_create_or_rebind_a_task() {
+    let (id, _) = meta_for("http://origin/v.bin", MIB);
+    let (_, evil) = meta_for("http://origin/evil.bin", MIB);
+    let mut c = cluster_with(&["attacker"]);
+    let rebind = resync("attacker", id, evil);
+    let err = c
+        .register_peer(rebind, Instant::now())
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(c.tasks.is_empty());
+    // Metadata for the right URL but with a made-up length: the task is
+    // resolved at the origin, not taken from the message.
+    let (_, mut forged) = meta_for("http://origin/v.bin", 5 * MIB);
+    forged.etag = "\"forged\"".into();
+    let create = resync("attacker", id, forged);
+    let resp = done(c.register_peer(create, Instant::now()).unwrap());
+    assert!(resp.must_resolve && resp.meta.is_none());
+    assert!(
+        c.tasks[&id].meta.is_none(),
+        "the message's metadata was taken"
+    );
+}
+
+#[test]
+fn a_holder_of_another_version_is_not_offered_as_a_parent() {
+    let url = "http://origin/h";
+    let (id, meta) = meta_for(url, MIB);
+    let mut c = cluster_with(&["root", "stale", "child"]);
+    done(register(&mut c, "root", url));
+    c.report_task_meta("root", id, Ok(meta.clone())).unwrap();
+    let mut old = meta;
+    old.etag = "\"older\"".into();
+    let stale = resync("stale", id, old);
+    done(c.register_peer(stale, Instant::now()).unwrap());
+    done(register(&mut c, "child", url));
+    let resp = c.get_parents("child", id, &[], Instant::now()).unwrap();
+    assert!(
+        resp.parents.iter().all(|p| p.host_id != "stale"),
+        "pieces of another version were offered"
     );
 }
 

@@ -6,6 +6,7 @@
 //! they are looked up next to the test executable.
 
 pub mod fuse;
+pub mod hostile;
 pub mod origin;
 pub mod tamper;
 
@@ -197,6 +198,16 @@ impl Drop for Daemon {
     }
 }
 
+fn start_scheduler(args: &[String], log: &Path, addr: &str) -> Daemon {
+    let mut command = Command::new(bin("scheduler"));
+    command.args(args);
+    let scheduler = Daemon::spawn("scheduler", command, log.to_path_buf());
+    wait_until("scheduler port", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    scheduler
+}
+
 /// One peerd (or seed) with its own directory, socket and ports.
 pub struct Peer {
     pub daemon: Daemon,
@@ -319,6 +330,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub scheduler: Daemon,
     pub scheduler_addr: String,
+    /// The scheduler's flags, for restarting it the same way.
+    scheduler_args: Vec<String>,
     pub seed: Option<Peer>,
     pub peers: Vec<Peer>,
 }
@@ -344,20 +357,20 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let scheduler_addr = format!("127.0.0.1:{port}");
-        let mut command = Command::new(bin("scheduler"));
-        command
-            .args(["--listen", &scheduler_addr])
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--keepalive-seconds", "1", "--host-timeout-seconds", "5"])
-            .args(scheduler_args);
-        let scheduler = Daemon::spawn("scheduler", command, dir.path().join("scheduler.log"));
-        wait_until("scheduler port", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&scheduler_addr).is_ok()
-        });
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            scheduler_addr.clone(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(["--keepalive-seconds", "1", "--host-timeout-seconds", "5"].map(String::from));
+        args.extend(scheduler_args.iter().map(|a| a.to_string()));
+        let scheduler = start_scheduler(&args, &dir.path().join("scheduler.log"), &scheduler_addr);
         let mut cluster = Cluster {
             dir,
             scheduler,
             scheduler_addr,
+            scheduler_args: args,
             seed: None,
             peers: Vec::new(),
         };
@@ -369,6 +382,14 @@ impl Cluster {
             cluster.peers.push(peer);
         }
         cluster
+    }
+
+    /// Kills the scheduler (as a crash would) and starts a new one with the
+    /// same flags, which knows nothing of the cluster.
+    pub fn restart_scheduler(&mut self) {
+        self.scheduler.kill();
+        let log = self.dir.path().join("scheduler.restarted.log");
+        self.scheduler = start_scheduler(&self.scheduler_args, &log, &self.scheduler_addr);
     }
 
     /// The origin's directory, created on first use.

@@ -33,7 +33,7 @@ fn origin_credentials_are_never_written_sent_or_logged() {
     // Every daemon logs at debug level, so a header that reached any log
     // line would show.
     // SAFETY: set before any thread of this test process starts.
-    unsafe { std::env::set_var("RUST_LOG", "debug") };
+    unsafe { std::env::set_var("DFFS_TEST_LOG", "debug") };
     let cluster = Cluster::start(true, 2);
     let header = format!("Authorization: Bearer {SECRET}");
     let (origin, digest) = cluster.serve_file("private.bin", SIZE, &["--require-header", &header]);

@@ -51,9 +51,14 @@ pub(super) async fn download(
     let mut chosen = Bitmap::new(task.layout.piece_count());
     let mut refreshed: Option<Instant> = None;
     while !task.has_all(wanted.clone()) {
+        // A host whose root sent corrupt bytes fetches from the origin
+        // itself, as the root does.
         let (is_root, whole_running) = {
             let state = task.lock();
-            (state.is_root, state.whole_downloads > 0)
+            (
+                state.is_root || state.root_corrupt,
+                state.whole_downloads > 0,
+            )
         };
         if priority == Priority::Prefetch && whole_running {
             return Ok(Outcome::WholeTookOver);

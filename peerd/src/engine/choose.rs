@@ -29,7 +29,8 @@ pub(super) fn choose(state: &mut State, n: u32, cap: u32, to_origin: bool, now: 
     state.blocked.retain(|_, until| *until > now);
     let chosen = {
         let state = &*state;
-        let usable = |p: &ParentView| !state.blocked.contains_key(&p.host_id);
+        let distrusted = |p: &ParentView| p.is_root && state.root_corrupt;
+        let usable = |p: &ParentView| !state.blocked.contains_key(&p.host_id) && !distrusted(p);
         let has_room = |p: &ParentView| usable(p) && state.load_of(&p.host_id) < cap;
         let holders: Vec<&ParentView> = state
             .parents
@@ -44,7 +45,7 @@ pub(super) fn choose(state: &mut State, n: u32, cap: u32, to_origin: bool, now: 
                 .filter(|p| p.is_root && has_room(p))
                 .collect()
         };
-        let fetch_here = state.is_root || to_origin;
+        let fetch_here = state.is_root || to_origin || state.root_corrupt;
         let chosen = least_loaded(state, &plain)
             .or_else(|| least_loaded(state, &holders))
             .or_else(|| {

@@ -97,3 +97,19 @@ fn the_least_loaded_holder_is_picked() {
     state.load.insert("a".into(), 1);
     assert_eq!(pick(&mut state, 1, false), "b");
 }
+
+#[test]
+fn a_root_that_sent_corrupt_bytes_is_passed_over_for_the_origin() {
+    let (_dir, task) = with_parents(vec![
+        parent("root", true, &[1]),
+        parent("peer", false, &[2]),
+    ]);
+    let mut state = task.lock();
+    state.root_corrupt = true;
+    assert_eq!(pick(&mut state, 1, false), "origin");
+    assert_eq!(
+        pick(&mut state, 2, false),
+        "peer",
+        "other holders still serve"
+    );
+}

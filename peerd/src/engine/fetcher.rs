@@ -212,7 +212,7 @@ async fn fetch_piece(
 
 /// Nobody known can serve the piece: ask the scheduler again, waiting
 /// longer each round, since the piece may be on its way to a parent.
-async fn look_again(ctx: &Context, task: &Arc<Task>, attempts: &mut Attempts) {
+async fn look_again(ctx: &Arc<Context>, task: &Arc<Task>, attempts: &mut Attempts) {
     match refresh::parents(ctx, task).await {
         Ok(()) => {
             metrics::counter!("dffs_fetch_waits_total", "why" => "no_source").increment(1);

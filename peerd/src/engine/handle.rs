@@ -193,7 +193,7 @@ impl Engine {
 
     /// Joins a task this host already holds, telling the scheduler which
     /// pieces it has.
-    pub async fn register_existing(&self, task: &Task) -> Result<(), EngineError> {
+    pub async fn register_existing(&self, task: &Arc<Task>) -> Result<(), EngineError> {
         refresh::rejoin(&self.ctx, task).await
     }
 

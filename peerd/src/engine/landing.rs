@@ -61,6 +61,26 @@ pub(super) fn keep_from_origin(
     Ok(true)
 }
 
+/// Queues the digest of every piece this host holds, for a root whose
+/// scheduler lost them (it restarted) or that has just become the root.
+pub(super) fn republish(ctx: &Arc<Context>, task: &Arc<Task>) {
+    let held: Vec<(u32, PieceDigest)> = {
+        let state = task.lock();
+        state
+            .present
+            .iter_ones()
+            .filter_map(|n| Some((n, state.digests.get(n as usize).copied().flatten()?)))
+            .collect()
+    };
+    let mut start = false;
+    for (n, digest) in held {
+        start |= task.publisher.push(n, digest);
+    }
+    if start {
+        tokio::spawn(publish(ctx.clone(), task.clone()));
+    }
+}
+
 /// Ends a `Publisher::hold`, reporting whatever queued meanwhile.
 pub(super) fn release_digests(ctx: &Arc<Context>, task: &Arc<Task>) {
     tokio::spawn(publish(ctx.clone(), task.clone()));

@@ -67,7 +67,7 @@ fn block_parent(task: &Task, host_id: &str, for_how_long: Duration) {
 
 /// Fetches piece `n` from `parent`, verifies it and stores it.
 pub(super) async fn from_parent(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
     n: u32,
     parent: &ParentView,
@@ -123,6 +123,9 @@ fn corrupt(ctx: &Context, task: &Task, n: u32, source: &ParentView) -> EngineErr
     tracing::warn!(task = %task.id, piece = n, parent = %source.addr, "parent sent a corrupt piece; isolating it");
     metrics::counter!("dffs_piece_failures_total", "reason" => "corrupt").increment(1);
     block_parent(task, &source.host_id, BLOCK_AFTER_CORRUPT);
+    if source.is_root {
+        task.lock().root_corrupt = true;
+    }
     let bad = BadParent {
         host_id: source.host_id.clone(),
         piece: n,

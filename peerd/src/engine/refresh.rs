@@ -5,11 +5,12 @@
 
 use super::context::Context;
 use super::error::EngineError;
+use super::landing;
 use super::task::{ParentView, Task};
 use api::digest::PieceDigest;
 use api::error::{ErrorKind, RemoteError};
 use api::piece::Bitmap;
-use api::proto::RegisterPeerRequest;
+use api::proto::{RegisterPeerRequest, report_task_meta_request};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Asks the scheduler for the task's parents and the digests still
 /// missing. Concurrent callers share one request.
-pub(super) async fn parents(ctx: &Context, task: &Arc<Task>) -> Result<(), EngineError> {
+pub(super) async fn parents(ctx: &Arc<Context>, task: &Arc<Task>) -> Result<(), EngineError> {
     refresh(ctx, task, None).await
 }
 
@@ -26,7 +27,7 @@ pub(super) async fn parents(ctx: &Context, task: &Arc<Task>) -> Result<(), Engin
 /// reports a piece's digest before serving it, so a missing digest is at
 /// most a report in flight: ask a few times, then give up.
 pub(super) async fn digest(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
     n: u32,
 ) -> Result<PieceDigest, EngineError> {
@@ -49,7 +50,7 @@ pub(super) async fn digest(
 /// waiting out the interval capped lazy reads from a cold cluster at a few
 /// pieces per 100 ms.
 async fn refresh(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     task: &Arc<Task>,
     needed_digest: Option<u32>,
 ) -> Result<(), EngineError> {
@@ -99,8 +100,12 @@ async fn refresh(
 
 /// Joins a task this host already holds, telling the scheduler which
 /// pieces it has (after a scheduler restart, or when the task's home
-/// scheduler changed).
-pub(super) async fn rejoin(ctx: &Context, task: &Task) -> Result<(), EngineError> {
+/// scheduler changed). A scheduler that lost the task resolves it again;
+/// when it asks this host to, the metadata this host holds is the answer.
+/// A host that is (again) the task's root reports the digests of every
+/// piece it holds, since children verify against them and a restarted
+/// scheduler has none.
+pub(super) async fn rejoin(ctx: &Arc<Context>, task: &Arc<Task>) -> Result<(), EngineError> {
     let request = RegisterPeerRequest {
         bitmap: task.lock().present.as_bytes().to_vec(),
         meta: Some(task.meta.clone()),
@@ -112,6 +117,16 @@ pub(super) async fn rejoin(ctx: &Context, task: &Task) -> Result<(), EngineError
         .register_peer(&task.id, request)
         .await
         .map_err(|s| EngineError::from_scheduler(&s))?;
+    if resp.must_resolve {
+        let meta = report_task_meta_request::Result::Meta(task.meta.clone());
+        ctx.link
+            .report_task_meta(&task.id, meta)
+            .await
+            .map_err(|s| EngineError::from_scheduler(&s))?;
+    }
     task.set_root(resp.is_root);
+    if resp.is_root {
+        landing::republish(ctx, task);
+    }
     Ok(())
 }

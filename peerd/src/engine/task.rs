@@ -89,6 +89,10 @@ pub struct State {
     pub wanted_whole: bool,
     /// Whole-task downloads running (dfget, a seed, a sequential reader).
     pub whole_downloads: u32,
+    /// The root sent this host bytes that failed the root's own digests
+    /// (tampered with on the way, or its disk is bad): pieces nobody else
+    /// holds are fetched from the origin here instead.
+    pub root_corrupt: bool,
 }
 
 impl State {
@@ -189,6 +193,7 @@ impl Task {
                 last_touch: None,
                 wanted_whole: false,
                 whole_downloads: 0,
+                root_corrupt: false,
             }),
             progress: watch::channel(present_bytes).0,
             capacity: tokio::sync::Notify::new(),

@@ -13,6 +13,7 @@ pub mod reports;
 pub mod set;
 
 use api::error::{ErrorKind, RemoteError, status, timed};
+use api::identity::HostIdentity;
 use api::proto::scheduler_client::SchedulerClient;
 use api::proto::*;
 use api::task::TaskId;
@@ -53,6 +54,8 @@ pub struct SchedulerLink {
     /// Sorted by address.
     schedulers: RwLock<Vec<Scheduler>>,
     host: Mutex<HostInfo>,
+    /// Signs every request, so the scheduler knows it is this host's.
+    identity: HostIdentity,
     pub reports: Reports,
 }
 
@@ -71,10 +74,13 @@ impl SetChange {
 }
 
 impl SchedulerLink {
-    pub fn new(addrs: &[SocketAddr], host: HostInfo) -> SchedulerLink {
+    /// A link for the host `host` describes; its id is `identity`'s.
+    pub fn new(addrs: &[SocketAddr], mut host: HostInfo, identity: HostIdentity) -> SchedulerLink {
+        host.host_id = identity.id().to_string();
         let link = SchedulerLink {
             schedulers: RwLock::new(Vec::new()),
             host: Mutex::new(host),
+            identity,
             reports: Reports::default(),
         };
         link.replace(addrs.to_vec());
@@ -116,6 +122,13 @@ impl SchedulerLink {
         *schedulers = kept;
         tracing::info!(?before, ?after, "scheduler set changed");
         Some(SetChange { before, after })
+    }
+
+    /// A request with a deadline, signed by this host.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = timed(message, timeout);
+        self.identity.sign(&mut request);
+        request
     }
 
     pub fn host_id(&self) -> String {
@@ -184,7 +197,7 @@ impl SchedulerLink {
         req.host_id = self.host_id();
         req.task_id = task.to_string();
         self.call(task, REGISTER_TIMEOUT, |mut c, t| {
-            let req = timed(req.clone(), t);
+            let req = self.request(req.clone(), t);
             async move { c.register_peer(req).await }
         })
         .await
@@ -196,7 +209,7 @@ impl SchedulerLink {
         };
         let resp = self
             .call(task, CALL_TIMEOUT, |mut c, t| {
-                let req = timed(req.clone(), t);
+                let req = self.request(req.clone(), t);
                 async move { c.stat_task(req).await }
             })
             .await?;
@@ -215,7 +228,7 @@ impl SchedulerLink {
             want_digests,
         };
         self.call(task, CALL_TIMEOUT, |mut c, t| {
-            let req = timed(req.clone(), t);
+            let req = self.request(req.clone(), t);
             async move { c.get_parents(req).await }
         })
         .await
@@ -232,7 +245,7 @@ impl SchedulerLink {
             result: Some(result),
         };
         self.call(task, CALL_TIMEOUT, |mut c, t| {
-            let req = timed(req.clone(), t);
+            let req = self.request(req.clone(), t);
             async move { c.report_task_meta(req).await }
         })
         .await
@@ -258,7 +271,7 @@ impl SchedulerLink {
 
     async fn send_report(&self, task: &TaskId, req: ReportPiecesRequest) -> Result<(), Status> {
         self.call(task, CALL_TIMEOUT, |mut c, t| {
-            let req = timed(req.clone(), t);
+            let req = self.request(req.clone(), t);
             async move { c.report_pieces(req).await }
         })
         .await
@@ -313,7 +326,7 @@ impl SchedulerLink {
         };
         let _ = self
             .call(task, CALL_TIMEOUT, |mut c, t| {
-                let req = timed(req.clone(), t);
+                let req = self.request(req.clone(), t);
                 async move { c.leave_task(req).await }
             })
             .await;
@@ -332,7 +345,7 @@ impl SchedulerLink {
             match s
                 .client
                 .clone()
-                .announce_host(timed(req.clone(), CALL_TIMEOUT))
+                .announce_host(self.request(req.clone(), CALL_TIMEOUT))
                 .await
             {
                 Ok(resp) => {
@@ -359,7 +372,7 @@ impl SchedulerLink {
         if let Err(e) = scheduler
             .client
             .clone()
-            .announce_host(timed(req, CALL_TIMEOUT))
+            .announce_host(self.request(req, CALL_TIMEOUT))
             .await
         {
             tracing::warn!(scheduler = %scheduler.addr, "cannot announce this host: {}", e.message());
@@ -374,7 +387,7 @@ impl SchedulerLink {
             let _ = s
                 .client
                 .clone()
-                .leave_host(timed(req.clone(), Duration::from_secs(2)))
+                .leave_host(self.request(req.clone(), Duration::from_secs(2)))
                 .await;
         }
     }
@@ -398,6 +411,9 @@ impl SchedulerLink {
             host: Some(self.host_info()),
         };
         let mut client = scheduler.client;
-        Ok(client.seed_session(req).await?.into_inner())
+        // A stream for the life of the seed: no deadline.
+        let mut request = tonic::Request::new(req);
+        self.identity.sign(&mut request);
+        Ok(client.seed_session(request).await?.into_inner())
     }
 }

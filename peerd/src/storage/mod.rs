@@ -1,7 +1,8 @@
 //! peerd's on-disk piece cache.
 //!
 //! ```text
-//! DATA_DIR/host-id                      this host's stable id
+//! DATA_DIR/host-secret                  this host's secret (mode 0600)
+//! DATA_DIR/host-id                      its id, derived from the secret
 //! DATA_DIR/tasks/<aa>/<task-id>/meta.pb     the task's metadata (protobuf);
 //!                                           its mtime is the last access
 //! DATA_DIR/tasks/<aa>/<task-id>/content     the object, each piece at its own offset
@@ -15,6 +16,7 @@
 pub mod journal;
 pub mod task_file;
 
+use api::identity::HostIdentity;
 use api::piece::Layout;
 use api::proto::TaskMeta;
 use api::task::TaskId;
@@ -57,22 +59,45 @@ impl Store {
         &self.data_dir
     }
 
-    /// This host's id: made once, then kept, so a restarted peerd is the
-    /// same host to the scheduler.
-    pub fn host_id(&self) -> Result<String, StoreError> {
-        let path = self.data_dir.join("host-id");
+    /// This host's identity: a secret made once and kept (readable by root
+    /// only), from which its id is derived, so a restarted peerd is the same
+    /// host to the scheduler and can prove it (see `api::identity`). The id
+    /// is also written to `host-id`, for people.
+    pub fn host_identity(&self) -> Result<HostIdentity, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data_dir.join("host-secret");
         let wrap = |source| StoreError::DataDir {
             path: path.clone(),
             source,
         };
-        match std::fs::read_to_string(&path) {
-            Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-            Ok(_) | Err(_) => {
-                let id = hex::encode(rand::random::<[u8; 16]>());
-                std::fs::write(&path, &id).map_err(wrap)?;
-                Ok(id)
+        let stored = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| HostIdentity::from_hex(&text).ok());
+        let identity = match stored {
+            Some(identity) => identity,
+            None => {
+                let identity = HostIdentity::generate();
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(wrap)?;
+                std::io::Write::write_all(&mut file, identity.secret_hex().as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(wrap)?;
+                identity
             }
+        };
+        let id_path = self.data_dir.join("host-id");
+        if std::fs::read_to_string(&id_path).ok().as_deref() != Some(identity.id()) {
+            std::fs::write(&id_path, identity.id()).map_err(|source| StoreError::DataDir {
+                path: id_path,
+                source,
+            })?;
         }
+        Ok(identity)
     }
 
     fn task_dir(&self, id: &TaskId) -> PathBuf {

@@ -319,9 +319,19 @@ mod tests {
 
     #[test]
     fn host_id_is_stable() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first = store.host_id().unwrap();
-        assert_eq!(Store::open(dir.path()).unwrap().host_id().unwrap(), first);
+        let first = store.host_identity().unwrap();
+        let again = Store::open(dir.path()).unwrap().host_identity().unwrap();
+        assert_eq!(again.id(), first.id());
+        let secret = std::fs::metadata(dir.path().join("host-secret")).unwrap();
+        assert_eq!(
+            secret.permissions().mode() & 0o077,
+            0,
+            "the secret is private"
+        );
+        let shown = std::fs::read_to_string(dir.path().join("host-id")).unwrap();
+        assert_eq!(shown, first.id());
     }
 }

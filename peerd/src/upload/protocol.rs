@@ -163,3 +163,48 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing of the wire format: any bytes a peer sends are either refused
+/// or read back as what was sent (`bench/fuzz.sh` runs these longer).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_request_bytes_decode_without_panicking(bytes in proptest::array::uniform32(any::<u8>()), tail in proptest::array::uniform16(any::<u8>())) {
+            let mut buf = [0u8; REQUEST_LEN];
+            buf[..32].copy_from_slice(&bytes);
+            buf[32..].copy_from_slice(&tail);
+            let _ = PieceRequest::decode(&buf);
+            buf[..4].copy_from_slice(&MAGIC);
+            buf[4] = KIND_GET_PIECE;
+            prop_assert!(PieceRequest::decode(&buf).is_ok());
+        }
+
+        #[test]
+        fn a_request_survives_the_wire(task in any::<[u8; 32]>(), piece in any::<u32>(), flags in 0u8..8, port in any::<u16>()) {
+            let request = PieceRequest {
+                task: TaskId::from_bytes(task),
+                piece,
+                urgent: flags & 1 != 0,
+                wait: flags & 2 != 0,
+                no_redirect: flags & 4 != 0,
+                reply_port: port,
+            };
+            prop_assert_eq!(PieceRequest::decode(&request.encode()), Ok(request));
+        }
+
+        #[test]
+        fn any_response_bytes_decode_without_panicking(bytes in proptest::array::uniform16(any::<u8>())) {
+            match ResponseHeader::decode(&bytes) {
+                Ok(header) => {
+                    let again = header.encode();
+                    prop_assert_eq!((again[0], &again[4..8]), (bytes[0], &bytes[4..8]));
+                }
+                Err(e) => prop_assert!(bytes[0] > 4, "{e}"),
+            }
+        }
+    }
+}

@@ -7,13 +7,17 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// An idle connection is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a send keeps its turn while its receiver takes nothing.
+const HOLD_WHILE_STALLED: Duration = Duration::from_secs(2);
+/// Longest a receiver may take nothing before its connection is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Largest sendfile(2) call when no upload limit applies.
 const SENDFILE_STEP: usize = 4 << 20;
 
@@ -77,18 +81,9 @@ impl<P: PieceProvider> UploadServer<P> {
     /// on its own until its peer closes it or it idles out.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         loop {
-            let accepted = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = api::transport::accept_data(&listener) => accepted,
                 () = stop.cancelled() => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("upload accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
             };
             let server = self.clone();
             tokio::spawn(async move {
@@ -131,18 +126,13 @@ impl<P: PieceProvider> UploadServer<P> {
             Ok(location) => location,
             Err(refusal) => return refuse(stream, refusal.status, &refusal.reason).await,
         };
-        let _turn = self
-            .sending
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
         let header = ResponseHeader {
             status: ReplyStatus::Ok,
             length: location.length,
         };
-        stream.write_all(&header.encode()).await?;
+        within_write_stall(stream.write_all(&header.encode())).await?;
         let started = std::time::Instant::now();
-        send_file(stream, &location, &self.limit).await?;
+        send_file(stream, &location, &self.limit, &self.sending).await?;
         tracing::trace!(task = %request.task, piece = request.piece, to = %peer, "piece sent");
         metrics::counter!("dffs_upload_bytes_total").increment(u64::from(location.length));
         metrics::counter!("dffs_upload_pieces_total").increment(1);
@@ -164,16 +154,40 @@ async fn refuse(stream: &mut TcpStream, status: ReplyStatus, reason: &str) -> io
         status,
         length: reason.len() as u32,
     };
-    stream.write_all(&header.encode()).await?;
-    stream.write_all(reason.as_bytes()).await
+    let mut reply = header.encode().to_vec();
+    reply.extend_from_slice(reason.as_bytes());
+    within_write_stall(stream.write_all(&reply)).await
+}
+
+/// A write that must make progress within `WRITE_STALL`.
+async fn within_write_stall(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    tokio::time::timeout(WRITE_STALL, write)
+        .await
+        .map_err(|_| stalled())?
+}
+
+fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the receiver took nothing for {}s", WRITE_STALL.as_secs()),
+    )
 }
 
 /// Sends the piece with sendfile(2): the bytes go from the page cache to
 /// the socket without passing through this process.
+///
+/// Bytes move only while the send holds one of the host's send turns
+/// (`sending`). A receiver that stops taking bytes (a dead host, or one
+/// that pipelines requests and never reads) would keep its turn from
+/// everyone else, so a send gives its turn up once its socket has stayed
+/// full for `HOLD_WHILE_STALLED`, waits without it, and takes one again
+/// when the receiver drains; after `WRITE_STALL` without progress the
+/// connection is dropped.
 async fn send_file(
     stream: &TcpStream,
     location: &PieceLocation,
     limit: &ByteLimit,
+    sending: &tokio::sync::Semaphore,
 ) -> io::Result<()> {
     let file_fd = location.file.content().as_raw_fd();
     let socket_fd = stream.as_raw_fd();
@@ -184,12 +198,29 @@ async fn send_file(
     } else {
         SENDFILE_STEP
     };
+    let mut turn = Some(take_turn(sending).await);
+    let mut last_progress = Instant::now();
     while offset < end {
         let want = step.min((end - offset) as usize);
         limit.take(want).await;
         let mut sent = 0;
         while sent < want {
-            stream.writable().await?;
+            let wait = match turn {
+                Some(_) => HOLD_WHILE_STALLED,
+                None => WRITE_STALL.saturating_sub(last_progress.elapsed()),
+            };
+            match tokio::time::timeout(wait, stream.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) if turn.is_some() => {
+                    metrics::counter!("dffs_upload_stalls_total").increment(1);
+                    turn = None;
+                    continue;
+                }
+                Err(_) => return Err(stalled()),
+            }
+            if turn.is_none() {
+                turn = Some(take_turn(sending).await);
+            }
             let result = stream.try_io(Interest::WRITABLE, || {
                 // SAFETY: both descriptors are open for the whole call (the
                 // file through `location`, the socket through `stream`) and
@@ -208,11 +239,21 @@ async fn send_file(
                         "content file is shorter than the piece",
                     ));
                 }
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    last_progress = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }
     }
     Ok(())
+}
+
+async fn take_turn(sending: &tokio::sync::Semaphore) -> tokio::sync::SemaphorePermit<'_> {
+    sending
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
 }
